@@ -1,0 +1,12 @@
+"""potstill: distil many-step diffusion and flow-matching teachers into one-step and few-step generators.
+
+Importing the package registers the built-in objectives, adversaries, engines, backbones, modalities
+and data sources, so a config can name any of them."""
+
+from potstill.core import adversarial, engine, from_teacher, objectives  # registers core components
+from potstill import backbones, data, modalities  # registers modality components
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "adversarial", "backbones", "data", "engine", "from_teacher", "modalities",
+           "objectives"]

@@ -1,0 +1,28 @@
+"""Sinusoidal embeddings of noise levels, shared by the backbones."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def sinusoidal(values: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """[B] -> [B, dim]: cos and sin at geometrically spaced frequencies (DDPM / DiT timestep embedding)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=values.device) / half)
+    args = values.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class TimestepEmbedder(nn.Module):
+    """Sinusoidal frequencies -> MLP, with DiT's parameter names (`mlp.0`, `mlp.2`)."""
+
+    def __init__(self, hidden: int, frequency_dim: int = 256) -> None:
+        super().__init__()
+        self.frequency_dim = frequency_dim
+        self.mlp = nn.Sequential(nn.Linear(frequency_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.mlp(sinusoidal(t, self.frequency_dim).to(self.mlp[0].weight.dtype))

@@ -1,0 +1,1 @@
+"""Modality-agnostic core: noise processes, denoisers, objectives, the update loop and its engine."""

@@ -1,0 +1,300 @@
+"""Typed run configs from YAML: `extends:` inheritance, `--set key=value` overrides, and validation
+whose errors name the bad key and list what it may be."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from potstill.core import registry as reg
+
+
+class ConfigError(ValueError):
+    """A config that cannot be loaded; the message starts with the offending key."""
+
+
+@dataclass
+class Component:
+    """A registered component chosen by `kind`, with its options loaded into the entry's dataclass."""
+
+    kind: str
+    options: Any = None
+
+
+@dataclass
+class OptimConfig:
+    """AdamW settings for one trained model."""
+
+    lr: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.0
+    eps: float = 1e-8
+    grad_clip: float | None = 10.0
+
+
+@dataclass
+class OptimGroup:
+    """One optimizer per trained model: separate learning rates are the point of TTUR."""
+
+    generator: OptimConfig = field(default_factory=OptimConfig)
+    fake_score: OptimConfig = field(default_factory=OptimConfig)
+    discriminator: OptimConfig = field(default_factory=OptimConfig)
+
+
+@dataclass
+class TrainConfig:
+    """The alternating loop: `generator_every` steps per generator update, critic updates every step."""
+
+    steps: int = 1000
+    batch_size: int = 64
+    generator_every: int = 1
+    fake_score_updates: int = 1
+    discriminator_every: int = 1
+    seed: int = 0
+    ema_decay: float = 0.999
+    bf16: bool = False
+    log_every: int = 10
+    sample_every: int = 0
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 2
+    progress: bool = True
+
+
+@dataclass
+class EvalConfig:
+    """What `potstill eval` and the end of a run measure."""
+
+    n_samples: int = 2000
+    batch_size: int = 500
+    teacher_nfe: list[int] = field(default_factory=list)
+
+
+@dataclass
+class RunConfig:
+    """Everything a distillation run is built from."""
+
+    modality: Component
+    teacher: Component
+    generator: Component
+    fake_score: Component
+    objective: Component
+    adversary: Component | None = None
+    real_data: Component | None = None
+    engine: Component | None = None
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimGroup = field(default_factory=OptimGroup)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+COMPONENT_REGISTRIES: dict[str, reg.Registry] = {
+    "modality": reg.MODALITIES,
+    "teacher": reg.TEACHERS,
+    "generator": reg.GENERATORS,
+    "fake_score": reg.FAKE_SCORES,
+    "objective": reg.OBJECTIVES,
+    "adversary": reg.ADVERSARIES,
+    "real_data": reg.DATASETS,
+    "engine": reg.ENGINES,
+}
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Check `value` against a type annotation and convert ints to floats where a float is wanted."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if annotation is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return coerce(value, arg, key)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(f"{key}: expected {_type_name(annotation)}, got {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        item = args[0] if args else Any
+        return [coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(annotation):
+        return from_dict(annotation, value, key)
+    if annotation is float:
+        if isinstance(value, str):
+            value = _yaml_float(value, key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: cannot check values of type {_type_name(annotation)}")
+
+
+def _yaml_float(text: str, key: str) -> float:
+    """YAML 1.1 reads `1e-3` (no dot) as a string; accept it as the number it means."""
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"{key}: expected a number, got {text!r}") from None
+
+
+def from_dict(cls: type, data: Any, key: str = "") -> Any:
+    """Build dataclass `cls` from a mapping; unknown or missing keys are errors naming the key."""
+    prefix = f"{key}." if key else ""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{key or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{prefix}{unknown[0]}: unknown key; valid keys here: {', '.join(sorted(fields))}"
+        )
+    values = {}
+    for name, f in fields.items():
+        if name in data:
+            if cls is RunConfig and name in COMPONENT_REGISTRIES:
+                values[name] = load_component(name, data[name])
+            else:
+                values[name] = coerce(data[name], hints[name], f"{prefix}{name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{prefix}{name}: required key is missing")
+    return cls(**values)
+
+
+def load_component(section: str, data: Any) -> Component | None:
+    """Resolve a `{kind: name, ...options}` section (or a bare name) through its registry."""
+    if data is None:
+        return None
+    if isinstance(data, str):
+        data = {"kind": data}
+    if not isinstance(data, dict) or "kind" not in data:
+        raise ConfigError(f"{section}.kind: required key is missing (a registered name)")
+    data = dict(data)
+    kind = data.pop("kind")
+    try:
+        entry = COMPONENT_REGISTRIES[section].get(kind, f"{section}.kind")
+    except reg.UnknownNameError as error:
+        raise ConfigError(str(error)) from None
+    if entry.options is None:
+        if data:
+            raise ConfigError(f"{section}.{sorted(data)[0]}: unknown key; {kind!r} takes no options")
+        return Component(kind, None)
+    return Component(kind, from_dict(entry.options, data, section))
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """`override` on top of `base`, merging nested mappings; a child's `kind` change replaces the section."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        old = merged.get(key)
+        same_kind = not (isinstance(value, dict) and "kind" in value and isinstance(old, dict)
+                         and old.get("kind") != value["kind"])
+        if isinstance(value, dict) and isinstance(old, dict) and same_kind:
+            merged[key] = deep_merge(old, value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """Read a YAML config and resolve its `extends:` chain (paths relative to the file)."""
+    path = Path(path).resolve()
+    if path in seen:
+        raise ConfigError(f"extends: cycle through {path}")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    parents = data.pop("extends", None)
+    if parents is None:
+        return data
+    merged: dict = {}
+    for parent in [parents] if isinstance(parents, str) else parents:
+        merged = deep_merge(merged, read_yaml(path.parent / parent, (*seen, path)))
+    return deep_merge(merged, data)
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply `key.sub=value` overrides; values are parsed as YAML so lists and numbers work."""
+    data = copy.deepcopy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        key, text = item.split("=", 1)
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{key}: cannot parse {text!r} as YAML ({error})") from None
+        node = data
+        parts = key.strip().split(".")
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if isinstance(child, str) and ".".join(parts[: i + 1]) in COMPONENT_REGISTRIES:
+                child = {"kind": child}
+            elif child is None:
+                child = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"{'.'.join(parts[: i + 1])}: is not a mapping, cannot set {key}")
+            node[part] = child
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                data: dict | None = None) -> RunConfig:
+    """Load a RunConfig from a YAML file (or an already-read mapping) plus `--set` overrides."""
+    raw = read_yaml(Path(path)) if path is not None else copy.deepcopy(data or {})
+    raw = apply_overrides(raw, overrides or [])
+    raw.setdefault("engine", "plain")
+    return from_dict(RunConfig, raw)
+
+
+def to_dict(cfg: Any) -> Any:
+    """A plain, YAML-writable mapping of a loaded config (components flattened back to `kind` + options)."""
+    if isinstance(cfg, Component):
+        options = to_dict(cfg.options) if cfg.options is not None else {}
+        return {"kind": cfg.kind, **options}
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, list | tuple):
+        return [to_dict(v) for v in cfg]
+    return cfg

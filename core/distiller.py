@@ -1,0 +1,263 @@
+"""The distillation loop: builds modality, teacher, student, fake score, objective, adversary and real
+data from one config through the registries, then alternates critic and generator updates (TTUR),
+keeps an EMA of the generator, logs, samples and writes resumable checkpoints."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+from tqdm import tqdm
+
+from potstill.core import checkpoint as ckpt
+from potstill.core import registry as reg
+from potstill.core.config import RunConfig, to_dict
+from potstill.core.denoiser import Denoiser
+from potstill.core.ema import EMA
+from potstill.core.engine import Engine, Trainable
+from potstill.core.evaluation import evaluate_generator
+from potstill.core.generator import Generator
+from potstill.core.modality import Modality
+from potstill.core.run_log import RunLog
+
+
+@dataclass
+class BuildContext:
+    """What a component's builder may read: the config and the components built before it."""
+
+    config: RunConfig
+    engine: Engine
+    teacher: Denoiser | None = None
+    modality: Modality | None = None
+    generator: Generator | None = None
+    fake_score: nn.Module | None = None
+
+
+def _build(registry: reg.Registry, component, context: BuildContext, key: str):
+    entry = registry.get(component.kind, key)
+    return entry.builder(component.options, context)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def has_parameters(module: nn.Module | None) -> bool:
+    return module is not None and any(p.requires_grad for p in module.parameters())
+
+
+class Distiller:
+    """One run: components built from `config`, trained by `train()`, checkpointed under `run_dir`."""
+
+    def __init__(self, config: RunConfig, run_dir: Path | None = None) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        seed_everything(config.train.seed)
+        engine_entry = reg.ENGINES.get(config.engine.kind, "engine.kind")
+        self.engine: Engine = engine_entry.builder(config.engine.options, bf16=config.train.bf16)
+        context = BuildContext(config, self.engine)
+        context.teacher = _build(reg.TEACHERS, config.teacher, context, "teacher.kind")
+        self.teacher = context.teacher.requires_grad_(False).eval()
+        context.modality = _build(reg.MODALITIES, config.modality, context, "modality.kind")
+        self.modality = context.modality
+        context.generator = _build(reg.GENERATORS, config.generator, context, "generator.kind")
+        self.generator = context.generator
+        context.fake_score = _build(reg.FAKE_SCORES, config.fake_score, context, "fake_score.kind")
+        self.fake_score = context.fake_score
+        self.objective = _build(reg.OBJECTIVES, config.objective, context, "objective.kind")
+        self.adversary = (_build(reg.ADVERSARIES, config.adversary, context, "adversary.kind")
+                          if config.adversary is not None else None)
+        self.real_data = (_build(reg.DATASETS, config.real_data, context, "real_data.kind")
+                          if config.real_data is not None else None)
+        if self.adversary is not None and self.real_data is None:
+            raise ValueError("real_data: the adversary needs real samples; set real_data.kind")
+        self.ema = EMA(self.generator, config.train.ema_decay)
+        self._prepare_training()
+        self.step = 0
+
+    def _prepare_training(self) -> None:
+        o = self.config.optim
+        self.g_train = self.engine.prepare("generator", self.generator, o.generator)
+        self.f_train = (self.engine.prepare("fake_score", self.fake_score, o.fake_score)
+                        if has_parameters(self.fake_score) and self.objective.uses_fake_score else None)
+        self.d_train = (self.engine.prepare("discriminator", self.adversary, o.discriminator)
+                        if self.adversary is not None else None)
+
+    @property
+    def trainables(self) -> list[Trainable]:
+        return [t for t in (self.g_train, self.f_train, self.d_train) if t is not None]
+
+    def _adversary_network(self) -> Denoiser:
+        return self.fake_score if self.adversary.options.network == "fake_score" else self.teacher
+
+    def critic_update(self, step: int) -> dict[str, float]:
+        """Fake score (denoising score matching) and discriminator on detached generator samples."""
+        train = self.config.train
+        use_d = self.d_train is not None and step % train.discriminator_every == 0
+        if self.f_train is None and not use_d:
+            return {}
+        with torch.no_grad(), self.engine.autocast():
+            noise, cond = self.modality.draw_inputs(train.batch_size)
+            x = self.generator(noise.to(self.engine.device), cond).float()
+        metrics: dict[str, float] = {}
+        loss = torch.zeros((), device=self.engine.device)
+        with self.engine.autocast():
+            if self.f_train is not None:
+                fake_loss, m = self.objective.fake_score_loss(x, cond, self.fake_score)
+                loss = loss + fake_loss
+                metrics |= m
+            if use_d:
+                real, real_cond = self.real_data.next(train.batch_size)
+                d_loss, m = self.adversary.discriminator_loss(
+                    self._adversary_network(), real.to(self.engine.device), real_cond, x, cond)
+                loss = loss + self.adversary.options.discriminator_weight * d_loss
+                metrics |= m
+        self.engine.backward(loss, "fake score / discriminator")
+        if self.f_train is not None:
+            metrics["fake_grad_norm"] = self.engine.step(self.f_train)
+        if use_d:
+            metrics["d_grad_norm"] = self.engine.step(self.d_train)
+        return metrics
+
+    def generator_update(self) -> dict[str, float]:
+        """The objective's surrogate loss plus the weighted adversarial term; critic frozen meanwhile."""
+        frozen = [m for m in (self.fake_score, self.adversary) if has_parameters(m)]
+        for module in frozen:
+            module.requires_grad_(False)
+        try:
+            with self.engine.autocast():
+                noise, cond = self.modality.draw_inputs(self.config.train.batch_size)
+                x = self.generator(noise.to(self.engine.device), cond).float()
+                loss, metrics = self.objective.generator_loss(x, cond, self.teacher, self.fake_score)
+                if self.adversary is not None:
+                    g_adv = self.adversary.generator_loss(self._adversary_network(), x, cond)
+                    loss = loss + self.adversary.options.generator_weight * g_adv
+                    metrics["g_adv"] = g_adv.item()
+            self.engine.backward(loss, "generator")
+            metrics["g_grad_norm"] = self.engine.step(self.g_train)
+        finally:
+            for module in frozen:
+                module.requires_grad_(True)
+        self.ema.update(self.generator)
+        return metrics
+
+    def train_step(self) -> dict[str, float]:
+        """One iteration: critic update(s), then a generator update every `generator_every` steps."""
+        train = self.config.train
+        self.engine.step_index = self.step
+        metrics: dict[str, float] = {}
+        for _ in range(train.fake_score_updates):
+            metrics |= self.critic_update(self.step)
+        if self.step % train.generator_every == 0:
+            metrics |= self.generator_update()
+        self.step += 1
+        return metrics
+
+    def train(self, steps: int | None = None) -> None:
+        """Run until `train.steps` (or `steps` more iterations), logging and checkpointing on the way."""
+        train = self.config.train
+        end = train.steps if steps is None else min(train.steps, self.step + steps)
+        log = RunLog(self.run_dir / "logs", self.step) if self.run_dir else None
+        bar = tqdm(total=end, initial=self.step, disable=not train.progress, desc="distill", dynamic_ncols=True)
+        start, first = time.perf_counter(), self.step
+        try:
+            while self.step < end:
+                metrics = self.train_step()
+                bar.update(1)
+                if log and (self.step % train.log_every == 0 or self.step == end):
+                    metrics["sec_per_step"] = (time.perf_counter() - start) / (self.step - first)
+                    log.write(self.step, metrics)
+                    bar.set_postfix({k: f"{v:.3g}" for k, v in list(metrics.items())[:3]})
+                if self.run_dir and train.sample_every and self.step % train.sample_every == 0:
+                    self.save_samples()
+                if self.run_dir and train.checkpoint_every and self.step % train.checkpoint_every == 0:
+                    self.save()
+        finally:
+            bar.close()
+            if log:
+                log.close()
+
+    # ---- run directory ------------------------------------------------------------------------
+
+    def write_config(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.run_dir / "config.yaml", "w") as f:
+            yaml.safe_dump(to_dict(self.config), f, sort_keys=False)
+
+    def _weights(self) -> dict[str, dict[str, torch.Tensor]]:
+        weights = {"generator": self.generator.state_dict(), "generator_ema": self.ema.model.state_dict()}
+        if has_parameters(self.fake_score):
+            weights["fake_score"] = self.fake_score.state_dict()
+        if self.adversary is not None:
+            weights["discriminator"] = self.adversary.state_dict()
+        return weights
+
+    def save(self) -> Path:
+        state = {
+            "step": self.step,
+            "optimizers": {t.name: t.optimizer.state_dict() for t in self.trainables},
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+            "real_data": self.real_data.state_dict() if self.real_data is not None else None,
+        }
+        return ckpt.save_checkpoint(self.run_dir / "checkpoints", self.step, self._weights(), state,
+                                    self.config.train.keep_checkpoints)
+
+    def load(self, checkpoint: Path, training_state: bool = True) -> None:
+        """Load weights (and, for resuming, optimizer, RNG, data and step state) from a checkpoint."""
+        for name, module in [("generator", self.generator), ("generator_ema", self.ema.model),
+                             ("fake_score", self.fake_score if has_parameters(self.fake_score) else None),
+                             ("discriminator", self.adversary)]:
+            if module is not None:
+                module.load_state_dict(ckpt.load_weights(checkpoint, name))
+        if not training_state:
+            return
+        state = ckpt.load_state(checkpoint)
+        self.step = state["step"]
+        for t in self.trainables:
+            t.optimizer.load_state_dict(state["optimizers"][t.name])
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        if self.real_data is not None:
+            self.real_data.load_state_dict(state["real_data"])
+
+    def resume(self) -> bool:
+        """Continue from the run directory's latest checkpoint; False when there is none."""
+        latest = ckpt.latest_checkpoint(self.run_dir / "checkpoints")
+        if latest is None:
+            return False
+        self.load(latest)
+        return True
+
+    def fixed_inputs(self, n: int) -> tuple[torch.Tensor, object]:
+        return self.modality.draw_inputs(n, torch.Generator().manual_seed(self.config.train.seed + 12345))
+
+    @torch.no_grad()
+    def save_samples(self, n: int = 64) -> Path:
+        with torch.random.fork_rng(devices=[]):
+            noise, cond = self.fixed_inputs(n)
+            x = self.ema.model.sample(noise.to(self.engine.device), cond)
+        return self.modality.save_samples(x.cpu(), cond, self.run_dir / "samples" / f"step_{self.step:08d}")
+
+    def evaluate(self) -> dict:
+        """Metrics of the EMA student on the evaluation budget, written to `report.json`."""
+        e = self.config.eval
+        report = {"step": self.step,
+                  "student": evaluate_generator(self.modality, self.ema.model, e.n_samples, e.batch_size,
+                                                self.engine.device)}
+        if self.run_dir:
+            (self.run_dir / "report.json").write_text(json.dumps(report, indent=2))
+        return report

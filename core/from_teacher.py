@@ -1,0 +1,36 @@
+"""Components made from the teacher: the few-step student initialised as a copy of it (DMD2, SiD) and
+the fake score initialised as a copy of it (DMD2's guidance model, SiD's f_psi)."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+from potstill.core.denoiser import Denoiser
+from potstill.core.generator import DenoiserGenerator
+from potstill.core.registry import FAKE_SCORES, GENERATORS
+
+
+@dataclass
+class DenoiserGeneratorOptions:
+    """`times` are the student's input noise levels in the teacher's t units, one per step
+    (EDM: [80.0] for DMD2's one-step, [2.5] for SiD's sigma_init)."""
+
+    times: list[float] = field(default_factory=lambda: [80.0])
+    guidance: float = 1.0
+
+
+def _copy_teacher(teacher, key: str) -> Denoiser:
+    if not isinstance(teacher, Denoiser) or teacher.backbone is None:
+        raise ValueError(f"{key}: this teacher has no network to copy; choose another kind")
+    return copy.deepcopy(teacher).requires_grad_(True).train()
+
+
+@GENERATORS.register("denoiser", DenoiserGeneratorOptions)
+def build_denoiser_generator(options: DenoiserGeneratorOptions, context) -> DenoiserGenerator:
+    return DenoiserGenerator(_copy_teacher(context.teacher, "generator.kind"), options.times, options.guidance)
+
+
+@FAKE_SCORES.register("teacher_copy")
+def build_teacher_copy(options, context) -> Denoiser:
+    return _copy_teacher(context.teacher, "fake_score.kind")

@@ -1,0 +1,33 @@
+"""What the core needs from a modality: what a sample is, how generator inputs and conditions are
+drawn, how samples are saved and scored. Implementations live in `potstill.modalities`."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import torch
+
+
+class Modality(ABC):
+    sample_shape: tuple[int, ...]
+
+    @abstractmethod
+    def draw_inputs(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, object]:
+        """Generator input noise [n, *sample_shape] and the matching conditions (or None)."""
+
+    def probe_condition(self):
+        """A condition for a batch of one, used to probe network shapes."""
+        return self.draw_inputs(1, torch.Generator().manual_seed(0))[1]
+
+    @abstractmethod
+    def save_samples(self, samples: torch.Tensor, cond, path: Path) -> Path:
+        """Write samples for a person to look at; returns the file written."""
+
+    @abstractmethod
+    def evaluate(self, samples: torch.Tensor, cond) -> dict[str, float]:
+        """Quality metrics of samples drawn with the given conditions."""
+
+    def headline_metric(self) -> str:
+        """The metric a table sorts by (lower is better)."""
+        return "swd"

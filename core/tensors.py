@@ -1,0 +1,25 @@
+"""Small tensor helpers shared by the core: per-sample broadcasting and per-sample reductions."""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange, reduce
+
+
+def per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Reshape a [B] tensor so it broadcasts against `like` of shape [B, ...]."""
+    values = torch.as_tensor(values, dtype=like.dtype, device=like.device)
+    if values.ndim == 0:
+        values = values.expand(like.shape[0])
+    pattern = "b -> b" + " 1" * (like.ndim - 1)
+    return rearrange(values, pattern)
+
+
+def sample_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean over every non-batch dimension: [B, ...] -> [B]."""
+    return reduce(x, "b ... -> b", "mean")
+
+
+def sample_sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum over every non-batch dimension: [B, ...] -> [B]."""
+    return reduce(x, "b ... -> b", "sum")

@@ -1,0 +1,95 @@
+"""Gaussian mixtures whose noisy scores are exact: the noisy marginal of a mixture of N(mu_k, S_k^2)
+under x_t = alpha x0 + sigma eps is a mixture of N(alpha mu_k, alpha^2 S_k^2 + sigma^2), so
+E[x0 | x_t] is a responsibility-weighted sum of per-component posterior means, for every schedule."""
+
+from __future__ import annotations
+
+import torch
+
+from potstill.core.denoiser import Denoiser
+from potstill.core.schedules import Schedule
+from potstill.core.tensors import per_sample
+
+
+class GaussianMixture:
+    """Means [K, d], per-dimension stds [K, d] and weights [K] of a diagonal Gaussian mixture."""
+
+    def __init__(self, means: torch.Tensor, stds: torch.Tensor, weights: torch.Tensor) -> None:
+        self.means = means.double()
+        self.stds = stds.double()
+        self.weights = (weights / weights.sum()).double()
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[1]
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
+        return (self.means[k] + self.stds[k] * z).float()
+
+    def mean(self) -> torch.Tensor:
+        return self.weights @ self.means
+
+    def covariance(self) -> torch.Tensor:
+        second = sum(w * (torch.diag(s**2) + torch.outer(m, m))
+                     for w, m, s in zip(self.weights, self.means, self.stds, strict=True))
+        mu = self.mean()
+        return second - torch.outer(mu, mu)
+
+    def responsibilities(self, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """p(component k | x_t) for noisy points x_t [B, d] at per-sample alpha, sigma [B]."""
+        var = alpha[:, None, None] ** 2 * self.stds[None] ** 2 + sigma[:, None, None] ** 2   # [B, K, d]
+        diff = x[:, None, :] - alpha[:, None, None] * self.means[None]
+        log_p = -0.5 * ((diff**2 / var) + var.log()).sum(-1) + self.weights.log()[None]
+        return torch.softmax(log_p, dim=1)
+
+    def posterior_mean(self, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """E[x0 | x_t] in float64."""
+        x = x.double()
+        alpha, sigma = alpha.double(), sigma.double()
+        var = alpha[:, None, None] ** 2 * self.stds[None] ** 2 + sigma[:, None, None] ** 2
+        gain = alpha[:, None, None] * self.stds[None] ** 2 / var
+        component_means = self.means[None] + gain * (x[:, None, :] - alpha[:, None, None] * self.means[None])
+        r = self.responsibilities(x, alpha, sigma)
+        return torch.einsum("bk,bkd->bd", r, component_means)
+
+
+class GaussianMixtureDenoiser(Denoiser):
+    """The exact teacher: x0(x_t, t) = E[x0 | x_t] of the mixture under the given schedule."""
+
+    def __init__(self, mixture: GaussianMixture, schedule: Schedule) -> None:
+        sigma_data = float(mixture.covariance().diagonal().mean().sqrt())
+        super().__init__(None, schedule, "x0", sigma_data, (mixture.dim,))
+        self.mixture = mixture
+
+    def _raw(self, x_t, t, cond, features):
+        if features is not None:
+            raise ValueError("the Gaussian-mixture teacher has no inner features; put the head on the fake score")
+        s = self.schedule
+        return self.mixture.posterior_mean(x_t, s.alpha(t), s.sigma(t)).to(x_t.dtype), None
+
+
+class GaussianPosteriorDenoiser(Denoiser):
+    """The exact fake score of a Gaussian generator N(mu, L L^T): E[x0 | x_t] =
+    mu + alpha C (alpha^2 C + sigma^2 I)^-1 (x_t - alpha mu), with the generator's parameters detached
+    and gradients flowing through x_t (what SiD needs)."""
+
+    def __init__(self, generator, schedule: Schedule) -> None:
+        super().__init__(None, schedule, "x0", 1.0, (generator.mean.shape[0],))
+        self.generator = [generator]   # a list, so the generator's parameters are not this module's
+
+    def _raw(self, x_t, t, cond, features):
+        if features is not None:
+            raise ValueError("the exact Gaussian fake score has no inner features")
+        g = self.generator[0]
+        mu = g.mean.detach().double()
+        scale = g.scale_tril().detach().double()
+        cov = scale @ scale.T
+        alpha = per_sample(self.schedule.alpha(t), x_t).double()[:, :, None]
+        sigma = per_sample(self.schedule.sigma(t), x_t).double()[:, :, None]
+        eye = torch.eye(mu.shape[0], dtype=torch.float64)
+        precision_system = alpha**2 * cov[None] + sigma**2 * eye[None]              # [B, d, d]
+        residual = x_t.double() - alpha[:, :, 0] * mu[None]
+        solved = torch.linalg.solve(precision_system, residual[..., None])[..., 0]
+        return (mu[None] + alpha[:, :, 0] * (solved @ cov.T)).to(x_t.dtype), None

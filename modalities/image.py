@@ -1,0 +1,153 @@
+"""The `image` modality: DiT teachers (the embedded digits teacher, or a local DiT checkpoint),
+class-conditional noise and labels, PNG grids, and the Frechet digits distance with per-class recall."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+from torchvision.utils import save_image
+
+from potstill.backbones.digits_classifier import DigitsClassifier
+from potstill.backbones.dit import DiT, DiTOptions, PRESETS
+from potstill.core.config import from_dict
+from potstill.core.denoiser import Denoiser, Prediction
+from potstill.core.modality import Modality
+from potstill.core.registry import MODALITIES, TEACHERS
+from potstill.core.schedules import build_schedule
+from potstill.data.digits import embedded_path, load_digits_tensors
+from potstill.modalities.frechet import frechet_distance, gaussian_stats
+
+EMBEDDED_PREFIX = "embedded:"
+
+
+def resolve_weights(path: str) -> Path:
+    """`embedded:NAME` names weights shipped in the package; anything else is a local file."""
+    if path.startswith(EMBEDDED_PREFIX):
+        return embedded_path(path[len(EMBEDDED_PREFIX):])
+    resolved = Path(path).expanduser()
+    if not resolved.is_file():
+        raise FileNotFoundError(f"teacher.checkpoint: {resolved} does not exist")
+    return resolved
+
+
+def read_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Weights and the `potstill` metadata (architecture, schedule, prediction) of a checkpoint file.
+    `.safetensors` files are read directly; `.pt`/`.pth` files (the public DiT releases) with torch.load."""
+    if path.suffix == ".safetensors":
+        with safe_open(str(path), "pt") as f:
+            metadata = json.loads((f.metadata() or {}).get("potstill", "{}"))
+        return load_file(str(path)), metadata
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state.get("ema", state.get("model", state)), {}
+
+
+@dataclass
+class DiTTeacherOptions:
+    """A DiT teacher. Values left unset are read from the checkpoint's metadata (embedded weights carry
+    them); for a public DiT-XL/2 file give `architecture: DiT-XL/2, schedule: vp_linear, prediction: eps`."""
+
+    checkpoint: str = "embedded:digits_teacher"
+    architecture: str | None = None
+    dit: dict[str, Any] | None = None
+    schedule: str | None = None
+    schedule_options: dict[str, Any] | None = None
+    prediction: Prediction | None = None
+    sigma_data: float | None = None
+
+
+def build_dit_denoiser(options: DiTTeacherOptions) -> Denoiser:
+    state, meta = read_state(resolve_weights(options.checkpoint))
+    dit_values = dict(meta.get("dit", {}))
+    if options.architecture is not None:
+        if options.architecture not in PRESETS:
+            raise ValueError(f"teacher.architecture: unknown {options.architecture!r}; valid: {', '.join(PRESETS)}")
+        dit_values |= PRESETS[options.architecture]
+    dit_values |= options.dit or {}
+    dit_options = from_dict(DiTOptions, dit_values, "teacher.dit")
+    backbone = DiT(dit_options)
+    missing, unexpected = backbone.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"teacher.checkpoint: {options.checkpoint} does not match the DiT configuration "
+                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    schedule_name = options.schedule or meta.get("schedule", "edm")
+    schedule_options = options.schedule_options if options.schedule_options is not None else meta.get(
+        "schedule_options", {})
+    schedule = build_schedule(schedule_name, schedule_options, "teacher.schedule")
+    prediction = options.prediction or meta.get("prediction", "edm")
+    sigma_data = options.sigma_data if options.sigma_data is not None else meta.get("sigma_data", 0.5)
+    shape = (dit_options.in_channels, dit_options.input_size, dit_options.input_size)
+    return Denoiser(backbone, schedule, prediction, sigma_data, shape, dit_options.num_classes)
+
+
+TEACHERS.register("dit", DiTTeacherOptions)(lambda options, context: build_dit_denoiser(options))
+
+
+def load_classifier(path: str) -> DigitsClassifier:
+    classifier = DigitsClassifier()
+    classifier.load_state_dict(load_file(str(resolve_weights(path))))
+    return classifier.eval().requires_grad_(False)
+
+
+@dataclass
+class ImageOptions:
+    """`classifier` scores samples (Frechet distance in its features, per-class recall); null: no scores."""
+
+    classifier: str | None = "embedded:digits_classifier"
+    grid_columns: int = 16
+
+
+class ImageModality(Modality):
+    """Images [C, H, W] in [-1, 1], class labels drawn uniformly when the teacher is class-conditional."""
+
+    def __init__(self, options: ImageOptions, teacher: Denoiser) -> None:
+        self.options = options
+        self.sample_shape = teacher.sample_shape
+        self.num_classes = teacher.num_classes
+        self.classifier = load_classifier(options.classifier) if options.classifier else None
+        self._reference = None
+
+    def draw_inputs(self, n, generator=None):
+        noise = torch.randn(n, *self.sample_shape, generator=generator)
+        cond = torch.randint(self.num_classes, (n,), generator=generator) if self.num_classes else None
+        return noise, cond
+
+    def save_samples(self, samples, cond, path: Path) -> Path:
+        path = path.with_suffix(".png")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if cond is not None:
+            samples = samples[torch.argsort(cond, stable=True)]
+        save_image((samples.clamp(-1, 1) + 1) / 2, path, nrow=self.options.grid_columns, padding=1)
+        return path
+
+    def reference_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._reference is None:
+            images, _ = load_digits_tensors()
+            with torch.no_grad():
+                self._reference = gaussian_stats(self.classifier(images)[1])
+        return self._reference
+
+    def evaluate(self, samples, cond) -> dict[str, float]:
+        if self.classifier is None:
+            return {}
+        with torch.no_grad():
+            logits, features = self.classifier(samples.float().clamp(-1, 1))
+        mu, cov = gaussian_stats(features)
+        metrics = {"fdd": frechet_distance(mu, cov, *self.reference_stats())}
+        if cond is not None:
+            predicted = logits.argmax(1)
+            recalls = [float((predicted[cond == c] == c).float().mean()) for c in range(self.num_classes)
+                       if (cond == c).any()]
+            metrics |= {"class_recall_mean": sum(recalls) / len(recalls), "class_recall_min": min(recalls)}
+        return metrics
+
+    def headline_metric(self) -> str:
+        return "fdd"
+
+
+MODALITIES.register("image", ImageOptions)(lambda options, context: ImageModality(options, context.teacher))

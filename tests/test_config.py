@@ -1,0 +1,53 @@
+"""Config loading: inheritance, overrides, and errors that name the key and list the choices."""
+
+import pytest
+
+from potstill.core.config import ConfigError, load_config, to_dict
+from tests_support import CONFIGS
+
+
+def test_extends_and_overrides_reach_typed_options():
+    cfg = load_config(CONFIGS / "vector" / "gmm_sid.yaml",
+                      ["teacher.means=[[0,0],[2,2]]", "teacher.stds=[0.5,[0.2,0.4]]", "teacher.weights=[1,3]",
+                       "optim.generator.lr=1e-3", "objective.alpha=1"])
+    assert cfg.objective.kind == "sid"
+    assert cfg.objective.options.alpha == 1.0 and isinstance(cfg.objective.options.alpha, float)
+    assert cfg.teacher.options.means == [[0, 0], [2, 2]]
+    assert cfg.teacher.options.stds == [0.5, [0.2, 0.4]]
+    assert cfg.optim.generator.lr == 1e-3
+    assert cfg.train.generator_every == 1            # from gmm_sid.yaml
+    assert cfg.fake_score.kind == "mlp"              # inherited from gmm_base.yaml
+
+
+def test_round_trip_through_to_dict():
+    cfg = load_config(CONFIGS / "vector" / "gmm_dmd2.yaml")
+    assert load_config(data=to_dict(cfg)) == cfg
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    (["train.stpes=3"], "train.stpes: unknown key; valid keys here: batch_size"),
+    (["train.steps=many"], "train.steps: expected an integer, got 'many'"),
+    (["objective.kind=dmd3"], "objective.kind: unknown objective 'dmd3'; valid choices: dmd2, sid"),
+    (["objective.alpha=1.2"], "objective.alpha: unknown key; valid keys here:"),
+    (["teacher.means=3"], "teacher.means: expected a list, got 3"),
+    (["optim.generator.lr=[1]"], "optim.generator.lr: expected a number"),
+    (["generator.kind=unet"], "generator.kind: unknown generator 'unet'; valid choices: denoiser, gaussian, mlp"),
+    (["train.steps"], "expected key=value"),
+])
+def test_errors_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        load_config(CONFIGS / "vector" / "gmm_dmd2.yaml", override)
+
+
+def test_missing_required_section():
+    with pytest.raises(ConfigError, match="objective: required key is missing"):
+        load_config(data={"modality": "vector", "teacher": "gmm", "generator": "mlp", "fake_score": "mlp"})
+
+
+def test_extends_cycle_and_missing_file(tmp_path):
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(tmp_path / "a.yaml")
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")

@@ -1,0 +1,36 @@
+"""Helpers the tests share: repository paths and small configs built in code."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import potstill  # noqa: F401  (registers the built-in components)
+from potstill.core.config import RunConfig, deep_merge, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = ROOT / "configs"
+
+GAUSSIAN_TEACHER = {"kind": "gmm", "means": [[1.0, -2.0]], "stds": [[0.5, 1.5]], "schedule": "edm"}
+
+RING = {
+    "kind": "gmm",
+    "means": [[4, 0], [2.83, 2.83], [0, 4], [-2.83, 2.83], [-4, 0], [-2.83, -2.83], [0, -4], [2.83, -2.83]],
+    "stds": [0.3] * 8,
+}
+
+
+def make_config(base: dict | None = None, **sections) -> RunConfig:
+    """A vector RunConfig: an exact Gaussian teacher, Gaussian generator and exact fake score by default."""
+    data = {
+        "modality": "vector",
+        "teacher": GAUSSIAN_TEACHER,
+        "generator": {"kind": "gaussian"},
+        "fake_score": "exact_gaussian",
+        "objective": "dmd2",
+        "train": {"steps": 10, "batch_size": 64, "progress": False, "log_every": 1},
+        "eval": {"n_samples": 2000, "batch_size": 2000},
+    }
+    data = deep_merge(data, base or {})
+    data = deep_merge(data, copy.deepcopy(sections))
+    return load_config(data=data)
