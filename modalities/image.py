@@ -71,10 +71,12 @@ def build_dit_denoiser(options: DiTTeacherOptions) -> Denoiser:
     dit_values |= options.dit or {}
     dit_options = from_dict(DiTOptions, dit_values, "teacher.dit")
     backbone = DiT(dit_options)
-    missing, unexpected = backbone.load_state_dict(state, strict=False)
-    if missing or unexpected:
+    try:
+        backbone.load_state_dict(state)
+    except RuntimeError as error:
+        first = str(error).splitlines()[1:3]
         raise ValueError(f"teacher.checkpoint: {options.checkpoint} does not match the DiT configuration "
-                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+                         f"({' '.join(line.strip() for line in first)})") from None
     schedule_name = options.schedule or meta.get("schedule", "edm")
     schedule_options = options.schedule_options if options.schedule_options is not None else meta.get(
         "schedule_options", {})
