@@ -3,8 +3,8 @@
 Importing the package registers the built-in objectives, adversaries, engines, backbones, modalities
 and data sources, so a config can name any of them."""
 
-from potstill.core import adversarial, engine, from_teacher, objectives  # registers core components
 from potstill import backbones, data, modalities  # registers modality components
+from potstill.core import adversarial, engine, from_teacher, objectives  # registers core components
 
 __version__ = "0.1.0"
 

@@ -4,6 +4,8 @@ DMD2's backward simulation for few-step training (reference §1)."""
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 
@@ -32,7 +34,7 @@ class DenoiserGenerator(Generator):
 
     def __init__(self, denoiser: Denoiser, times: list[float], guidance: float = 1.0) -> None:
         super().__init__()
-        if not times or any(a <= b for a, b in zip(times, times[1:], strict=False)):
+        if not times or any(a <= b for a, b in itertools.pairwise(times)):
             raise ValueError(f"generator.times: must be a non-empty decreasing list, got {times}")
         self.denoiser = denoiser
         self.register_buffer("times", torch.tensor(times, dtype=torch.float32), persistent=False)

@@ -17,7 +17,7 @@ class RunLog:
             kept = [line for line in self.path.read_text().splitlines()
                     if line.strip() and json.loads(line)["step"] <= resume_step]
             self.path.write_text("".join(line + "\n" for line in kept))
-        self.file = open(self.path, "a")
+        self.file = open(self.path, "a")  # noqa: SIM115  (held open for the run, closed by close())
         self.writer = SummaryWriter(str(folder / "tb"), purge_step=resume_step + 1) if tensorboard else None
 
     def write(self, step: int, metrics: dict[str, float]) -> None:

@@ -5,6 +5,7 @@ They give the teacher baselines a distilled student is compared against at NFE 1
 
 from __future__ import annotations
 
+import itertools
 from typing import Literal
 
 import torch
@@ -39,7 +40,7 @@ def sample(denoiser: Denoiser, noise: torch.Tensor, cond=None, nfe: int = 35,
     schedule = denoiser.schedule
     times = schedule.sampling_times(steps_for_nfe(nfe, solver)).to(noise)
     x = per_sample(schedule.sigma(times[:1]), noise) * noise
-    for t, t_next in zip(times[:-1], times[1:], strict=True):
+    for t, t_next in itertools.pairwise(times):
         x0 = denoiser.x0(x, t, cond, guidance)
         if t_next == 0:
             return x0

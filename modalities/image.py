@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from torchvision.utils import save_image
 
 from potstill.backbones.digits_classifier import DigitsClassifier
-from potstill.backbones.dit import DiT, DiTOptions, PRESETS
+from potstill.backbones.dit import PRESETS, DiT, DiTOptions
 from potstill.core.config import from_dict
 from potstill.core.denoiser import Denoiser, Prediction
 from potstill.core.modality import Modality

@@ -110,7 +110,8 @@ class VectorModality(Modality):
         torch.save(samples, path.with_suffix(".pt"))
         if self.mixture.dim != 2:
             return path.with_suffix(".pt")
-        lo, hi = self.mixture.means.min() - 4 * self.mixture.stds.max(), self.mixture.means.max() + 4 * self.mixture.stds.max()
+        margin = 4 * self.mixture.stds.max()
+        lo, hi = self.mixture.means.min() - margin, self.mixture.means.max() + margin
         image = torch.histogramdd(samples.double(), bins=[128, 128], range=[float(lo), float(hi)] * 2).hist
         save_image((image / image.max().clamp(min=1)).sqrt().T.flip(0)[None].float(), path.with_suffix(".png"))
         return path.with_suffix(".png")

@@ -66,7 +66,7 @@ def test_mismatched_checkpoint_is_a_clear_error(tmp_path):
     torch.save(DiT(TINY).state_dict(), path)
     with pytest.raises(ValueError, match="does not match the DiT configuration"):
         build_dit_denoiser(DiTTeacherOptions(checkpoint=str(path), dit={**TINY.__dict__, "hidden_size": 64}))
-    with pytest.raises(FileNotFoundError, match="teacher.checkpoint"):
+    with pytest.raises(FileNotFoundError, match=r"teacher\.checkpoint"):
         build_dit_denoiser(DiTTeacherOptions(checkpoint=str(tmp_path / "missing.pt")))
 
 

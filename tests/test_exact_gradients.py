@@ -10,7 +10,11 @@ import torch
 from potstill.core.objectives.dmd2 import DMD2, DMD2Options
 from potstill.core.objectives.sid import sid_loss_per_element
 from potstill.core.schedules import EDMSchedule, FlowSchedule, VPSchedule
-from potstill.modalities.gaussian_mixture import GaussianMixture, GaussianMixtureDenoiser, GaussianPosteriorDenoiser
+from potstill.modalities.gaussian_mixture import (
+    GaussianMixture,
+    GaussianMixtureDenoiser,
+    GaussianPosteriorDenoiser,
+)
 from potstill.modalities.vector import GaussianGenerator
 
 TEACHER_MEAN = torch.tensor([1.0, -2.0], dtype=torch.float64)

@@ -17,7 +17,8 @@ MLP_RUN = {"teacher": RING, "generator": {"kind": "mlp", "hidden": 32, "depth": 
 
 
 def losses(run_dir):
-    return [{k: v for k, v in row.items() if k != "sec_per_step"} for row in read_log(run_dir / "logs" / "metrics.jsonl")]
+    rows = read_log(run_dir / "logs" / "metrics.jsonl")
+    return [{k: v for k, v in row.items() if k != "sec_per_step"} for row in rows]
 
 
 @pytest.mark.parametrize("objective", ["dmd2", "sid"])

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from potstill.core.schedules import EDMSchedule, FlowSchedule, FlowOptions, VPSchedule, build_schedule
+from potstill.core.schedules import EDMSchedule, FlowOptions, FlowSchedule, VPSchedule, build_schedule
 
 SCHEDULES = {
     "edm": EDMSchedule(),
