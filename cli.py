@@ -23,6 +23,7 @@ def _distill(args) -> None:
 
 @torch.no_grad()
 def _sample(args) -> None:
+    from potstill.core.tensors import to_device
     from potstill.runs import open_run
 
     distiller = open_run(args.run)
@@ -30,7 +31,8 @@ def _sample(args) -> None:
     chunks, conds = [], []
     for start in range(0, args.n, args.batch):
         noise, cond = distiller.modality.draw_inputs(min(args.batch, args.n - start), generator)
-        chunks.append(distiller.ema.model.sample(noise.to(distiller.engine.device), cond).float().cpu())
+        device = distiller.engine.device
+        chunks.append(distiller.ema.model.sample(noise.to(device), to_device(cond, device)).float().cpu())
         conds.append(cond)
     samples = torch.cat(chunks)
     out = Path(args.out)

@@ -26,6 +26,7 @@ from potstill.core.evaluation import evaluate_generator
 from potstill.core.generator import Generator
 from potstill.core.modality import Modality
 from potstill.core.run_log import RunLog
+from potstill.core.tensors import to_device
 
 
 @dataclass
@@ -80,6 +81,9 @@ class Distiller:
                           if config.real_data is not None else None)
         if self.adversary is not None and self.real_data is None:
             raise ValueError("real_data: the adversary needs real samples; set real_data.kind")
+        for module in (self.teacher, self.generator, self.fake_score, self.adversary):
+            if module is not None:
+                module.to(self.engine.device)
         self.ema = EMA(self.generator, config.train.ema_decay)
         self._prepare_training()
         self.step = 0
@@ -99,6 +103,10 @@ class Distiller:
     def _adversary_network(self) -> Denoiser:
         return self.fake_score if self.adversary.options.network == "fake_score" else self.teacher
 
+    def draw_inputs(self, n: int) -> tuple[torch.Tensor, object]:
+        noise, cond = self.modality.draw_inputs(n)
+        return noise.to(self.engine.device), to_device(cond, self.engine.device)
+
     def critic_update(self, step: int) -> dict[str, float]:
         """Fake score (denoising score matching) and discriminator on detached generator samples."""
         train = self.config.train
@@ -106,8 +114,8 @@ class Distiller:
         if self.f_train is None and not use_d:
             return {}
         with torch.no_grad(), self.engine.autocast():
-            noise, cond = self.modality.draw_inputs(train.batch_size)
-            x = self.generator(noise.to(self.engine.device), cond).float()
+            noise, cond = self.draw_inputs(train.batch_size)
+            x = self.generator(noise, cond).float()
         metrics: dict[str, float] = {}
         loss = torch.zeros((), device=self.engine.device)
         with self.engine.autocast():
@@ -116,9 +124,8 @@ class Distiller:
                 loss = loss + fake_loss
                 metrics |= m
             if use_d:
-                real, real_cond = self.real_data.next(train.batch_size)
-                d_loss, m = self.adversary.discriminator_loss(
-                    self._adversary_network(), real.to(self.engine.device), real_cond, x, cond)
+                real, real_cond = to_device(self.real_data.next(train.batch_size), self.engine.device)
+                d_loss, m = self.adversary.discriminator_loss(self._adversary_network(), real, real_cond, x, cond)
                 loss = loss + self.adversary.options.discriminator_weight * d_loss
                 metrics |= m
         self.engine.backward(loss, "fake score / discriminator")
@@ -135,8 +142,8 @@ class Distiller:
             module.requires_grad_(False)
         try:
             with self.engine.autocast():
-                noise, cond = self.modality.draw_inputs(self.config.train.batch_size)
-                x = self.generator(noise.to(self.engine.device), cond).float()
+                noise, cond = self.draw_inputs(self.config.train.batch_size)
+                x = self.generator(noise, cond).float()
                 loss, metrics = self.objective.generator_loss(x, cond, self.teacher, self.fake_score)
                 if self.adversary is not None:
                     g_adv = self.adversary.generator_loss(self._adversary_network(), x, cond)
@@ -249,7 +256,7 @@ class Distiller:
     def save_samples(self, n: int = 64) -> Path:
         with torch.random.fork_rng(devices=[]):
             noise, cond = self.fixed_inputs(n)
-            x = self.ema.model.sample(noise.to(self.engine.device), cond)
+            x = self.ema.model.sample(noise.to(self.engine.device), to_device(cond, self.engine.device))
         return self.modality.save_samples(x.cpu(), cond, self.run_dir / "samples" / f"step_{self.step:08d}")
 
     def evaluate(self) -> dict:

@@ -11,6 +11,7 @@ from potstill.core.denoiser import Denoiser
 from potstill.core.generator import Generator
 from potstill.core.modality import Modality
 from potstill.core.samplers import sample as teacher_sample
+from potstill.core.tensors import to_device
 
 EVAL_SEED = 2024
 
@@ -24,7 +25,7 @@ def _collect(modality: Modality, produce, n: int, batch: int, device) -> dict[st
         for start in range(0, n, batch):
             noise, cond = modality.draw_inputs(min(batch, n - start), generator)
             begin = time.perf_counter()
-            x = produce(noise.to(device), cond)
+            x = produce(noise.to(device), to_device(cond, device))
             seconds += time.perf_counter() - begin
             samples.append(x.float().cpu())
             conds.append(cond)

@@ -15,6 +15,15 @@ def per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return rearrange(values, pattern)
 
 
+def to_device(value, device: torch.device | str):
+    """Move a tensor, or the tensors in a dict, tuple or list, to `device`; anything else is returned as is."""
+    if isinstance(value, dict):
+        return {k: to_device(v, device) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return type(value)(to_device(v, device) for v in value)
+    return value.to(device) if isinstance(value, torch.Tensor) else value
+
+
 def sample_mean(x: torch.Tensor) -> torch.Tensor:
     """Mean over every non-batch dimension: [B, ...] -> [B]."""
     return reduce(x, "b ... -> b", "mean")

@@ -39,18 +39,20 @@ class GaussianMixture:
 
     def responsibilities(self, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """p(component k | x_t) for noisy points x_t [B, d] at per-sample alpha, sigma [B]."""
-        var = alpha[:, None, None] ** 2 * self.stds[None] ** 2 + sigma[:, None, None] ** 2   # [B, K, d]
-        diff = x[:, None, :] - alpha[:, None, None] * self.means[None]
-        log_p = -0.5 * ((diff**2 / var) + var.log()).sum(-1) + self.weights.log()[None]
+        means, stds, weights = (v.to(x.device) for v in (self.means, self.stds, self.weights))
+        var = alpha[:, None, None] ** 2 * stds[None] ** 2 + sigma[:, None, None] ** 2   # [B, K, d]
+        diff = x[:, None, :] - alpha[:, None, None] * means[None]
+        log_p = -0.5 * ((diff**2 / var) + var.log()).sum(-1) + weights.log()[None]
         return torch.softmax(log_p, dim=1)
 
     def posterior_mean(self, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """E[x0 | x_t] in float64."""
         x = x.double()
         alpha, sigma = alpha.double(), sigma.double()
-        var = alpha[:, None, None] ** 2 * self.stds[None] ** 2 + sigma[:, None, None] ** 2
-        gain = alpha[:, None, None] * self.stds[None] ** 2 / var
-        component_means = self.means[None] + gain * (x[:, None, :] - alpha[:, None, None] * self.means[None])
+        means, stds = self.means.to(x.device), self.stds.to(x.device)
+        var = alpha[:, None, None] ** 2 * stds[None] ** 2 + sigma[:, None, None] ** 2
+        gain = alpha[:, None, None] * stds[None] ** 2 / var
+        component_means = means[None] + gain * (x[:, None, :] - alpha[:, None, None] * means[None])
         r = self.responsibilities(x, alpha, sigma)
         return torch.einsum("bk,bkd->bd", r, component_means)
 
@@ -88,7 +90,7 @@ class GaussianPosteriorDenoiser(Denoiser):
         cov = scale @ scale.T
         alpha = per_sample(self.schedule.alpha(t), x_t).double()[:, :, None]
         sigma = per_sample(self.schedule.sigma(t), x_t).double()[:, :, None]
-        eye = torch.eye(mu.shape[0], dtype=torch.float64)
+        eye = torch.eye(mu.shape[0], dtype=torch.float64, device=mu.device)
         precision_system = alpha**2 * cov[None] + sigma**2 * eye[None]              # [B, d, d]
         residual = x_t.double() - alpha[:, :, 0] * mu[None]
         solved = torch.linalg.solve(precision_system, residual[..., None])[..., 0]

@@ -24,7 +24,11 @@ class Objective(nn.Module):
     """A distillation divergence. Subclasses set `uses_fake_score` and implement `generator_loss`."""
 
     uses_fake_score: bool = True
-    fake_reduction: Reduction = "mean"
+
+    def __init__(self, options) -> None:
+        super().__init__()
+        self.options = options
+        self.fake_reduction: Reduction = getattr(options, "fake_reduction", "mean")
 
     def generator_loss(self, x: torch.Tensor, cond, teacher: Denoiser,
                        fake: Denoiser | None) -> tuple[torch.Tensor, dict[str, float]]:

@@ -41,11 +41,6 @@ def distribution_matching_grad(x: torch.Tensor, d_real: torch.Tensor, d_fake: to
 class DMD2(Objective):
     """Distribution-matching gradient; the fake score trains by plain denoising score matching."""
 
-    def __init__(self, options: DMD2Options) -> None:
-        super().__init__()
-        self.options = options
-        self.fake_reduction = options.fake_reduction
-
     def generator_loss(self, x, cond, teacher: Denoiser, fake: Denoiser | None):
         o = self.options
         schedule = teacher.schedule

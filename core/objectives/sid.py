@@ -38,11 +38,6 @@ def sid_loss_per_element(x: torch.Tensor, y_real: torch.Tensor, y_fake: torch.Te
 class SiD(Objective):
     """SiD generator loss; the fake score trains by denoising score matching (EDM weighting)."""
 
-    def __init__(self, options: SiDOptions) -> None:
-        super().__init__()
-        self.options = options
-        self.fake_reduction = options.fake_reduction
-
     def generator_loss(self, x, cond, teacher: Denoiser, fake: Denoiser | None):
         o = self.options
         schedule = teacher.schedule
