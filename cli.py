@@ -30,10 +30,9 @@ def _sample(args) -> None:
     generator = torch.Generator().manual_seed(args.seed)
     chunks, conds = [], []
     for start in range(0, args.n, args.batch):
-        noise, cond = distiller.modality.draw_inputs(min(args.batch, args.n - start), generator)
-        device = distiller.engine.device
-        chunks.append(distiller.ema.model.sample(noise.to(device), to_device(cond, device)).float().cpu())
-        conds.append(cond)
+        noise, cond = distiller.draw_inputs(min(args.batch, args.n - start), generator)
+        chunks.append(distiller.ema.model.sample(noise, cond).float().cpu())
+        conds.append(to_device(cond, "cpu"))
     samples = torch.cat(chunks)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

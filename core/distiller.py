@@ -103,8 +103,9 @@ class Distiller:
     def _adversary_network(self) -> Denoiser:
         return self.fake_score if self.adversary.options.network == "fake_score" else self.teacher
 
-    def draw_inputs(self, n: int) -> tuple[torch.Tensor, object]:
-        noise, cond = self.modality.draw_inputs(n)
+    def draw_inputs(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, object]:
+        """Generator inputs from the modality, on the engine's device."""
+        noise, cond = self.modality.draw_inputs(n, generator)
         return noise.to(self.engine.device), to_device(cond, self.engine.device)
 
     def critic_update(self, step: int) -> dict[str, float]:
@@ -250,14 +251,15 @@ class Distiller:
         return True
 
     def fixed_inputs(self, n: int) -> tuple[torch.Tensor, object]:
-        return self.modality.draw_inputs(n, torch.Generator().manual_seed(self.config.train.seed + 12345))
+        return self.draw_inputs(n, torch.Generator().manual_seed(self.config.train.seed + 12345))
 
     @torch.no_grad()
     def save_samples(self, n: int = 64) -> Path:
         with torch.random.fork_rng(devices=[]):
             noise, cond = self.fixed_inputs(n)
-            x = self.ema.model.sample(noise.to(self.engine.device), to_device(cond, self.engine.device))
-        return self.modality.save_samples(x.cpu(), cond, self.run_dir / "samples" / f"step_{self.step:08d}")
+            x = self.ema.model.sample(noise, cond)
+        path = self.run_dir / "samples" / f"step_{self.step:08d}"
+        return self.modality.save_samples(x.cpu(), to_device(cond, "cpu"), path)
 
     def evaluate(self) -> dict:
         """Metrics of the EMA student on the evaluation budget, written to `report.json`."""

@@ -37,24 +37,28 @@ class GaussianMixture:
         mu = self.mean()
         return second - torch.outer(mu, mu)
 
-    def responsibilities(self, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        """p(component k | x_t) for noisy points x_t [B, d] at per-sample alpha, sigma [B]."""
-        means, stds, weights = (v.to(x.device) for v in (self.means, self.stds, self.weights))
-        var = alpha[:, None, None] ** 2 * stds[None] ** 2 + sigma[:, None, None] ** 2   # [B, K, d]
-        diff = x[:, None, :] - alpha[:, None, None] * means[None]
-        log_p = -0.5 * ((diff**2 / var) + var.log()).sum(-1) + weights.log()[None]
-        return torch.softmax(log_p, dim=1)
-
-    def posterior_mean(self, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        """E[x0 | x_t] in float64."""
-        x = x.double()
-        alpha, sigma = alpha.double(), sigma.double()
+    def _noisy_components(self, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor):
+        """Per-component variances [B, K, d] and residuals x_t - alpha mu_k [B, K, d] of the noisy marginal."""
         means, stds = self.means.to(x.device), self.stds.to(x.device)
         var = alpha[:, None, None] ** 2 * stds[None] ** 2 + sigma[:, None, None] ** 2
-        gain = alpha[:, None, None] * stds[None] ** 2 / var
-        component_means = means[None] + gain * (x[:, None, :] - alpha[:, None, None] * means[None])
-        r = self.responsibilities(x, alpha, sigma)
-        return torch.einsum("bk,bkd->bd", r, component_means)
+        return var, x[:, None, :] - alpha[:, None, None] * means[None]
+
+    def _responsibilities(self, var: torch.Tensor, diff: torch.Tensor) -> torch.Tensor:
+        log_p = -0.5 * ((diff**2 / var) + var.log()).sum(-1) + self.weights.to(var.device).log()[None]
+        return torch.softmax(log_p, dim=1)
+
+    def responsibilities(self, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """p(component k | x_t) for noisy points x_t [B, d] at per-sample alpha, sigma [B]."""
+        return self._responsibilities(*self._noisy_components(x, alpha, sigma))
+
+    def posterior_mean(self, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """E[x0 | x_t] in float64: sum_k r_k (mu_k + alpha S_k^2 / var_k (x_t - alpha mu_k))."""
+        x = x.double()
+        alpha, sigma = alpha.double(), sigma.double()
+        var, diff = self._noisy_components(x, alpha, sigma)
+        gain = alpha[:, None, None] * self.stds.to(x.device)[None] ** 2 / var
+        component_means = self.means.to(x.device)[None] + gain * diff
+        return torch.einsum("bk,bkd->bd", self._responsibilities(var, diff), component_means)
 
 
 class GaussianMixtureDenoiser(Denoiser):

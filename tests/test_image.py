@@ -7,10 +7,9 @@ import torch
 from potstill.core.config import load_config
 from potstill.core.distiller import Distiller
 from potstill.core.evaluation import evaluate_teacher
-from potstill.core.run_log import read_log
 from potstill.data.digits import load_digits_tensors
 from potstill.modalities.frechet import frechet_distance, gaussian_stats
-from tests_support import CONFIGS
+from tests_support import CONFIGS, logged_losses
 
 SHORT = ["train.progress=false", "train.batch_size=8", "train.sample_every=0", "eval.n_samples=64",
          "eval.batch_size=64"]
@@ -50,10 +49,8 @@ def test_short_digits_run_resumes_exactly(tmp_path, name):
     resumed = Distiller(config, tmp_path / "split")
     assert resumed.resume() and resumed.step == 2
     resumed.train()
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "sec_per_step"} for r in rows]  # noqa: E731
-    assert strip(read_log(tmp_path / "split" / "logs" / "metrics.jsonl")) == \
-        strip(read_log(tmp_path / "whole" / "logs" / "metrics.jsonl"))
+    assert logged_losses(tmp_path / "split") == logged_losses(tmp_path / "whole")
     if name == "digits_dmd2":
-        assert "d_loss" in read_log(tmp_path / "whole" / "logs" / "metrics.jsonl")[0]
+        assert "d_loss" in logged_losses(tmp_path / "whole")[0]
     path = resumed.save_samples(16)
     assert path.suffix == ".png" and path.is_file()

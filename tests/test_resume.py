@@ -8,17 +8,11 @@ import torch
 
 from potstill.core import checkpoint as ckpt
 from potstill.core.distiller import Distiller
-from potstill.core.run_log import read_log
-from tests_support import RING, make_config
+from tests_support import RING, logged_losses, make_config
 
 MLP_RUN = {"teacher": RING, "generator": {"kind": "mlp", "hidden": 32, "depth": 2},
            "fake_score": {"kind": "mlp", "hidden": 32, "depth": 2},
            "train": {"steps": 12, "generator_every": 3, "checkpoint_every": 6, "batch_size": 32}}
-
-
-def losses(run_dir):
-    rows = read_log(run_dir / "logs" / "metrics.jsonl")
-    return [{k: v for k, v in row.items() if k != "sec_per_step"} for row in rows]
 
 
 @pytest.mark.parametrize("objective", ["dmd2", "sid"])
@@ -33,8 +27,8 @@ def test_resumed_run_logs_the_same_losses(tmp_path, objective):
     resumed = Distiller(config, tmp_path / "split")
     assert resumed.resume() and resumed.step == 6
     resumed.train()
-    assert losses(tmp_path / "split") == losses(tmp_path / "whole")
-    assert [row["step"] for row in losses(tmp_path / "split")] == list(range(1, 13))
+    assert logged_losses(tmp_path / "split") == logged_losses(tmp_path / "whole")
+    assert [row["step"] for row in logged_losses(tmp_path / "split")] == list(range(1, 13))
     for name, value in whole.generator.state_dict().items():
         torch.testing.assert_close(resumed.generator.state_dict()[name], value, rtol=0, atol=0)
 
@@ -62,4 +56,4 @@ def test_log_is_cut_back_on_resume(tmp_path):
     again = Distiller(config, tmp_path)
     again.load(tmp_path / "checkpoints" / "step_00000002")
     again.train(steps=1)
-    assert [row["step"] for row in losses(tmp_path)] == [1, 2, 3]
+    assert [row["step"] for row in logged_losses(tmp_path)] == [1, 2, 3]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import potstill  # noqa: F401  (registers the built-in components)
 from potstill.core.config import RunConfig, deep_merge, load_config
+from potstill.core.run_log import read_log
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"
@@ -34,3 +35,9 @@ def make_config(base: dict | None = None, **sections) -> RunConfig:
     data = deep_merge(data, base or {})
     data = deep_merge(data, copy.deepcopy(sections))
     return load_config(data=data)
+
+
+def logged_losses(run_dir: Path) -> list[dict]:
+    """A run's logged metrics without the wall-clock timing, for step-by-step comparisons."""
+    rows = read_log(run_dir / "logs" / "metrics.jsonl")
+    return [{k: v for k, v in row.items() if k != "sec_per_step"} for row in rows]
