@@ -83,8 +83,8 @@ class RunConfig:
     modality: Component
     teacher: Component
     generator: Component
-    fake_score: Component
     objective: Component
+    fake_score: Component | None = None
     adversary: Component | None = None
     real_data: Component | None = None
     engine: Component | None = None

@@ -72,36 +72,54 @@ class Distiller:
         self.modality = context.modality
         context.generator = _build(reg.GENERATORS, config.generator, context, "generator.kind")
         self.generator = context.generator
-        context.fake_score = _build(reg.FAKE_SCORES, config.fake_score, context, "fake_score.kind")
+        context.fake_score = (_build(reg.FAKE_SCORES, config.fake_score, context, "fake_score.kind")
+                              if config.fake_score is not None else None)
         self.fake_score = context.fake_score
         self.objective = _build(reg.OBJECTIVES, config.objective, context, "objective.kind")
-        self.adversary = (_build(reg.ADVERSARIES, config.adversary, context, "adversary.kind")
-                          if config.adversary is not None else None)
+        self.adversary = self._build_adversary(context)
         self.real_data = (_build(reg.DATASETS, config.real_data, context, "real_data.kind")
                           if config.real_data is not None else None)
-        if self.adversary is not None and self.real_data is None:
-            raise ValueError("real_data: the adversary needs real samples; set real_data.kind")
-        for module in (self.teacher, self.generator, self.fake_score, self.adversary):
+        self._check_requirements()
+        for module in (self.teacher, self.generator, self.fake_score, self.adversary, self.objective):
             if module is not None:
                 module.to(self.engine.device)
         self.ema = EMA(self.generator, config.train.ema_decay)
         self._prepare_training()
         self.step = 0
 
+    def _build_adversary(self, context: BuildContext) -> nn.Module | None:
+        """The configured adversary, or the objective's own when it is adversarial (ADD, LADD, APT)."""
+        component = self.config.adversary
+        if component is None and self.objective.default_adversary is not None:
+            entry = reg.ADVERSARIES.get(self.objective.default_adversary, "adversary.kind")
+            return entry.builder(entry.options(), context)
+        return _build(reg.ADVERSARIES, component, context, "adversary.kind") if component is not None else None
+
+    def _check_requirements(self) -> None:
+        kind = self.config.objective.kind
+        if self.objective.uses_fake_score and self.fake_score is None:
+            raise ValueError(f"fake_score: objective {kind!r} trains a fake score; set fake_score.kind")
+        if self.objective.needs_adversary and not hasattr(self.adversary, "logits_at"):
+            raise ValueError(f"adversary: objective {kind!r} reads a feature discriminator's logits at noisy t; "
+                             "set adversary.kind to feature_gan, ladd or apt")
+        if self.objective.needs_adversary and self.adversary.options.generator_weight <= 0:
+            raise ValueError(f"adversary.generator_weight: objective {kind!r} needs its GAN term; make it > 0")
+        wants_real = self.adversary is not None or self.objective.needs_real_data
+        if wants_real and self.real_data is None:
+            raise ValueError(f"real_data: the adversary or objective {kind!r} needs real samples; set real_data.kind")
+
     def _prepare_training(self) -> None:
         o = self.config.optim
         self.g_train = self.engine.prepare("generator", self.generator, o.generator)
+        shared = getattr(getattr(self.adversary, "options", None), "network", None) == "fake_score"
         self.f_train = (self.engine.prepare("fake_score", self.fake_score, o.fake_score)
-                        if has_parameters(self.fake_score) and self.objective.uses_fake_score else None)
+                        if has_parameters(self.fake_score) and (self.objective.uses_fake_score or shared) else None)
         self.d_train = (self.engine.prepare("discriminator", self.adversary, o.discriminator)
                         if self.adversary is not None else None)
 
     @property
     def trainables(self) -> list[Trainable]:
         return [t for t in (self.g_train, self.f_train, self.d_train) if t is not None]
-
-    def _adversary_network(self) -> Denoiser:
-        return self.fake_score if self.adversary.options.network == "fake_score" else self.teacher
 
     def draw_inputs(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, object]:
         """Generator inputs from the modality, on the engine's device."""
@@ -112,21 +130,23 @@ class Distiller:
         """Fake score (denoising score matching) and discriminator on detached generator samples."""
         train = self.config.train
         use_d = self.d_train is not None and step % train.discriminator_every == 0
-        if self.f_train is None and not use_d:
+        train_fake = self.f_train is not None and self.objective.uses_fake_score
+        if not train_fake and not use_d:
             return {}
         with torch.no_grad(), self.engine.autocast():
             noise, cond = self.draw_inputs(train.batch_size)
             x = self.generator(noise, cond).float()
         metrics: dict[str, float] = {}
         loss = torch.zeros((), device=self.engine.device)
+        needs_real = use_d or (train_fake and self.objective.needs_real_data)
+        real = to_device(self.real_data.next(train.batch_size), self.engine.device) if needs_real else None
         with self.engine.autocast():
-            if self.f_train is not None:
-                fake_loss, m = self.objective.fake_score_loss(x, cond, self.fake_score)
+            if train_fake:
+                fake_loss, m = self.objective.fake_score_loss(x, cond, self.fake_score, real)
                 loss = loss + fake_loss
                 metrics |= m
             if use_d:
-                real, real_cond = to_device(self.real_data.next(train.batch_size), self.engine.device)
-                d_loss, m = self.adversary.discriminator_loss(self._adversary_network(), real, real_cond, x, cond)
+                d_loss, m = self.adversary.discriminator_loss(real[0], real[1], x, cond)
                 loss = loss + self.adversary.options.discriminator_weight * d_loss
                 metrics |= m
         self.engine.backward(loss, "fake score / discriminator")
@@ -145,9 +165,9 @@ class Distiller:
             with self.engine.autocast():
                 noise, cond = self.draw_inputs(self.config.train.batch_size)
                 x = self.generator(noise, cond).float()
-                loss, metrics = self.objective.generator_loss(x, cond, self.teacher, self.fake_score)
+                loss, metrics = self.objective.generator_loss(x, cond, self.teacher, self.fake_score, self.adversary)
                 if self.adversary is not None:
-                    g_adv = self.adversary.generator_loss(self._adversary_network(), x, cond)
+                    g_adv = self.adversary.generator_loss(x, cond)
                     loss = loss + self.adversary.options.generator_weight * g_adv
                     metrics["g_adv"] = g_adv.item()
             self.engine.backward(loss, "generator")
@@ -207,6 +227,8 @@ class Distiller:
             weights["fake_score"] = self.fake_score.state_dict()
         if self.adversary is not None:
             weights["discriminator"] = self.adversary.state_dict()
+        if self.objective.state_dict():
+            weights["objective"] = self.objective.state_dict()
         return weights
 
     def save(self) -> Path:
@@ -224,7 +246,8 @@ class Distiller:
         """Load weights (and, for resuming, optimizer, RNG, data and step state) from a checkpoint."""
         for name, module in [("generator", self.generator), ("generator_ema", self.ema.model),
                              ("fake_score", self.fake_score if has_parameters(self.fake_score) else None),
-                             ("discriminator", self.adversary)]:
+                             ("discriminator", self.adversary),
+                             ("objective", self.objective if self.objective.state_dict() else None)]:
             if module is not None:
                 module.load_state_dict(ckpt.load_weights(checkpoint, name))
         if not training_state:

@@ -16,7 +16,7 @@ from potstill.backbones.mlp import MLPBackbone, MLPOptions
 from potstill.core.denoiser import Denoiser, Prediction
 from potstill.core.generator import Generator
 from potstill.core.modality import Modality
-from potstill.core.registry import FAKE_SCORES, GENERATORS, MODALITIES, TEACHERS
+from potstill.core.registry import DATASETS, FAKE_SCORES, GENERATORS, MODALITIES, TEACHERS
 from potstill.core.schedules import build_schedule
 from potstill.modalities.gaussian_mixture import (
     GaussianMixture,
@@ -214,3 +214,27 @@ def build_mlp_fake(options: MLPFakeScoreOptions, context) -> Denoiser:
     backbone = MLPBackbone(MLPOptions(dim=dim, hidden=options.hidden, depth=options.depth))
     sigma_data = options.sigma_data if options.sigma_data is not None else teacher.sigma_data
     return Denoiser(backbone, teacher.schedule, options.prediction, sigma_data, (dim,))
+
+
+class MixtureSampleStream:
+    """Real data for the vector modality: exact draws from the teacher's mixture, resumable."""
+
+    def __init__(self, mixture: GaussianMixture, seed: int) -> None:
+        self.mixture = mixture
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def next(self, n: int) -> tuple[torch.Tensor, None]:
+        return self.mixture.sample(n, self.generator), None
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
+
+@DATASETS.register("mixture")
+def build_mixture_stream(options, context) -> MixtureSampleStream:
+    if not isinstance(context.teacher, GaussianMixtureDenoiser):
+        raise ValueError("real_data.kind: 'mixture' draws from the 'gmm' teacher; this run has another teacher")
+    return MixtureSampleStream(context.teacher.mixture, context.config.train.seed + 1)

@@ -15,9 +15,18 @@ MLP_RUN = {"teacher": RING, "generator": {"kind": "mlp", "hidden": 32, "depth": 
            "train": {"steps": 12, "generator_every": 3, "checkpoint_every": 6, "batch_size": 32}}
 
 
-@pytest.mark.parametrize("objective", ["dmd2", "sid"])
-def test_resumed_run_logs_the_same_losses(tmp_path, objective):
-    config = make_config(MLP_RUN, objective=objective)
+RESUMED = {
+    "dmd2": {"objective": "dmd2"},
+    "sid": {"objective": "sid"},
+    "dmd_pairs_cursor": {"objective": {"kind": "dmd", "pairs": 40, "pair_nfe": 5}},
+    "fdistill_adversary": {"objective": "fdistill", "adversary": "feature_gan", "real_data": "mixture"},
+    "sida_real_data": {"objective": "sida", "real_data": "mixture"},
+}
+
+
+@pytest.mark.parametrize("name", list(RESUMED))
+def test_resumed_run_logs_the_same_losses(tmp_path, name):
+    config = make_config(MLP_RUN, **RESUMED[name])
     whole = Distiller(config, tmp_path / "whole")
     whole.train()
 

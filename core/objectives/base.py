@@ -1,16 +1,20 @@
 """What every objective provides: a generator surrogate loss whose gradient is the method's, and the
-fake score's own loss on detached generator samples (reference §1-§3)."""
+fake score's own loss on detached generator samples (reference §1-§7). Shared here: how t is drawn,
+how the noisy sample is made, and how losses are reduced."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import nn
 
 from potstill.core.denoiser import Denoiser
+from potstill.core.schedules import Schedule
 
 Reduction = Literal["mean", "sum"]
+TimeSampling = Literal["uniform", "dsm"]
 
 
 def reduce_loss(per_element: torch.Tensor, reduction: Reduction, batch: int | None = None) -> torch.Tensor:
@@ -20,24 +24,62 @@ def reduce_loss(per_element: torch.Tensor, reduction: Reduction, batch: int | No
     return per_element.sum() / (batch or per_element.shape[0])
 
 
+@dataclass
+class TimeOptions:
+    """Where the generator loss looks: `uniform` positions in [t_low, t_high] of the schedule (on a
+    `t_grid`-point grid when non-zero, DMD2's U{20..980}), or `dsm`, the schedule's own training draw
+    (EDM's log-normal sigma, as Diff-Instruct and SiD's critic use)."""
+
+    t_sampling: TimeSampling = "uniform"
+    t_low: float = 0.02
+    t_high: float = 0.98
+    t_grid: int = 1000
+
+
+def draw_times(options: TimeOptions, schedule: Schedule, n: int) -> torch.Tensor:
+    if options.t_sampling == "dsm":
+        return schedule.sample_dsm_t(n)
+    return schedule.sample_t(n, options.t_low, options.t_high, options.t_grid)
+
+
 class Objective(nn.Module):
-    """A distillation divergence. Subclasses set `uses_fake_score` and implement `generator_loss`."""
+    """A distillation divergence. Subclasses set the flags below and implement `generator_loss`.
+
+    `uses_fake_score`: trains an online fake score by `fake_score_loss`. `needs_real_data`: the critic
+    loss also reads real samples (SiDA). `needs_adversary`: the generator loss reads the adversary
+    (f-distill's density ratio). `default_adversary`: the adversary built when the config names none
+    (ADD, LADD and APT are adversarial methods on their own)."""
 
     uses_fake_score: bool = True
+    needs_real_data: bool = False
+    needs_adversary: bool = False
+    default_adversary: str | None = None
 
     def __init__(self, options) -> None:
         super().__init__()
         self.options = options
         self.fake_reduction: Reduction = getattr(options, "fake_reduction", "mean")
 
-    def generator_loss(self, x: torch.Tensor, cond, teacher: Denoiser,
-                       fake: Denoiser | None) -> tuple[torch.Tensor, dict[str, float]]:
+    @property
+    def fake_training_guidance(self) -> float:
+        """CFG scale on the fake score's own prediction in its denoising loss (SiD-LSG's kappa_1)."""
+        return 1.0
+
+    def noisy(self, x: torch.Tensor, schedule: Schedule) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(t, eps, x_t): the times and noise at which the generator loss compares the scores."""
+        t = draw_times(self.options, schedule, x.shape[0]).to(x)
+        eps = torch.randn_like(x)
+        return t, eps, schedule.add_noise(x, eps, t)
+
+    def generator_loss(self, x: torch.Tensor, cond, teacher: Denoiser, fake: Denoiser | None,
+                       adversary: nn.Module | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         """Surrogate loss on generator samples `x` (which carry grad); returns (loss, logged scalars)."""
         raise NotImplementedError
 
-    def fake_score_loss(self, x: torch.Tensor, cond, fake: Denoiser) -> tuple[torch.Tensor, dict[str, float]]:
+    def fake_score_loss(self, x: torch.Tensor, cond, fake: Denoiser,
+                        real: tuple[torch.Tensor, object] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         """Denoising score matching of the fake score on detached generator samples."""
-        per_sample = fake.dsm_loss(x.detach(), cond)
+        per_sample = fake.dsm_loss(x.detach(), cond, guidance=self.fake_training_guidance)
         if self.fake_reduction == "sum":
             per_sample = per_sample * x[0].numel()
         loss = per_sample.mean()

@@ -1,0 +1,191 @@
+"""Discriminator heads on a Denoiser's inner features at noisy t: DMD2's head on the fake score, LADD's
+heads on several frozen-teacher layers, APT's heads on a trainable copy of the teacher (reference §1,
+§8). Real and fake samples draw their own t and noise (DMD2's `--diffusion_gan`)."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from einops import rearrange, reduce
+from torch import nn
+
+from potstill.core.adversarial.losses import (
+    ApproxR1Scaling,
+    GANLoss,
+    allow_double_backward,
+    approximate_r1_penalty,
+    discriminator_gan_loss,
+    generator_gan_loss,
+    r1_penalty,
+)
+from potstill.core.denoiser import Denoiser
+from potstill.core.registry import ADVERSARIES
+
+Network = Literal["fake_score", "teacher", "teacher_copy"]
+
+
+class FeatureHead(nn.Module):
+    """A light head: per-token MLP to one logit, averaged over tokens ([B, C] or [B, N, C] features)."""
+
+    def __init__(self, channels: int, hidden: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.LayerNorm(channels), nn.Linear(channels, hidden), nn.SiLU(),
+                                 nn.Linear(hidden, 1))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        tokens = rearrange(features, "b ... c -> b (...) c") if features.ndim > 2 else features[:, None]
+        return reduce(self.net(tokens), "b n 1 -> b", "mean")
+
+
+@dataclass
+class FeatureGANOptions:
+    """DMD2 defaults: a head on the fake score's last features, noise positions uniform over the grid.
+
+    `t_sampling: logit_normal` draws positions sigmoid(N(t_mean, t_std)) (LADD biases them to high
+    noise). `r1_weight` adds gamma/2 ||grad D||^2 on noisy reals; `approx_r1_weight` adds APT's
+    lambda (D(x + s n) - D(x))^2 with s = `approx_r1_sigma`."""
+
+    network: Network = "fake_score"
+    layers: list[int] = field(default_factory=lambda: [-1])
+    hidden: int = 256
+    loss: GANLoss = "non_saturating"
+    generator_weight: float = 3e-3
+    discriminator_weight: float = 1e-2
+    t_sampling: Literal["uniform", "logit_normal"] = "uniform"
+    t_low: float = 0.0
+    t_high: float = 1.0
+    t_grid: int = 1000
+    t_mean: float = 0.0
+    t_std: float = 1.0
+    r1_weight: float = 0.0
+    approx_r1_weight: float = 0.0
+    approx_r1_sigma: float = 0.01
+    approx_r1_scaling: ApproxR1Scaling = "plain"
+
+
+class FeatureDiscriminator(nn.Module):
+    """Heads on a Denoiser's features. When the network is the fake score, the discriminator loss also
+    trains the fake score's trunk, as in DMD2 where the backbone is shared; a `teacher_copy` is this
+    module's own and trains with the heads."""
+
+    def __init__(self, options: FeatureGANOptions, network: Denoiser, feature_channels: list[int]) -> None:
+        super().__init__()
+        self.options = options
+        if options.network == "teacher_copy":
+            self.network_copy = network
+        else:
+            self._shared = [network]       # a list keeps the shared network out of this module's parameters
+        self.heads = nn.ModuleList(FeatureHead(c, options.hidden) for c in feature_channels)
+
+    @property
+    def network(self) -> Denoiser:
+        return self.network_copy if self.options.network == "teacher_copy" else self._shared[0]
+
+    def draw_times(self, n: int) -> torch.Tensor:
+        o = self.options
+        schedule = self.network.schedule
+        if o.t_sampling == "uniform":
+            return schedule.sample_t(n, o.t_low, o.t_high, o.t_grid)
+        position = torch.sigmoid(o.t_mean + o.t_std * torch.randn(n, dtype=torch.float64))
+        return schedule.t_at(position.clamp(o.t_low, o.t_high)).float()
+
+    def logits_at(self, x_t: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
+        """One logit per sample at noisy input x_t, t: the heads' mean over the chosen layers."""
+        features = self.network.features(x_t, t, cond, self.options.layers)
+        return sum(head(f.float()) for head, f in zip(self.heads, features, strict=True)) / len(self.heads)
+
+    def noised(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = self.draw_times(x.shape[0]).to(x)
+        return self.network.schedule.add_noise(x, torch.randn_like(x), t), t
+
+    def logits(self, x: torch.Tensor, cond) -> torch.Tensor:
+        return self.logits_at(*self.noised(x), cond)
+
+    def generator_loss(self, fake: torch.Tensor, cond) -> torch.Tensor:
+        return generator_gan_loss(self.logits(fake, cond), self.options.loss)
+
+    def discriminator_loss(self, real: torch.Tensor, real_cond, fake: torch.Tensor,
+                           fake_cond) -> tuple[torch.Tensor, dict[str, float]]:
+        o = self.options
+        real_t, t = self.noised(real)
+
+        def logits_of(x_t: torch.Tensor) -> torch.Tensor:
+            return self.logits_at(x_t, t, real_cond)
+
+        logits_real = logits_of(real_t)
+        logits_fake = self.logits(fake.detach(), fake_cond)
+        loss = discriminator_gan_loss(logits_real, logits_fake, o.loss)
+        metrics = {"d_loss": loss.item(), "d_real": logits_real.mean().item(), "d_fake": logits_fake.mean().item()}
+        if o.r1_weight:
+            r1 = r1_penalty(logits_of, real_t)
+            loss = loss + 0.5 * o.r1_weight * r1
+            metrics["d_r1"] = r1.item()
+        if o.approx_r1_weight:
+            approx = approximate_r1_penalty(logits_of, real_t, o.approx_r1_sigma, o.approx_r1_scaling)
+            loss = loss + o.approx_r1_weight * approx
+            metrics["d_approx_r1"] = approx.item()
+        return loss, metrics
+
+
+def feature_channels(network: Denoiser, layers: list[int], cond) -> list[int]:
+    """Probe a Denoiser once to learn the channel width of the requested feature layers."""
+    x = torch.zeros(1, *network.sample_shape)
+    t = torch.full((1,), network.schedule.t_at(torch.tensor(0.5)).item())
+    with torch.no_grad():
+        return [f.shape[-1] for f in network.features(x, t, cond, layers)]
+
+
+def resolve_network(options: FeatureGANOptions, context) -> Denoiser:
+    """The Denoiser whose features the heads read: the fake score, the frozen teacher, or a trainable copy."""
+    network = context.fake_score if options.network == "fake_score" else context.teacher
+    if network is None or not isinstance(network, Denoiser) or (options.network != "fake_score"
+                                                                 and network.backbone is None):
+        raise ValueError(f"adversary.network: {options.network!r} has no features to put a head on; "
+                         "choose fake_score, teacher or teacher_copy with a network teacher")
+    if options.network == "teacher_copy":
+        network = copy.deepcopy(network).requires_grad_(True).train()
+    return network
+
+
+def build_feature_discriminator(options: FeatureGANOptions, context) -> FeatureDiscriminator:
+    network = resolve_network(options, context)
+    if options.r1_weight:
+        allow_double_backward(network)
+    probe_cond = context.modality.probe_condition()
+    return FeatureDiscriminator(options, network, feature_channels(network, options.layers, probe_cond))
+
+
+ADVERSARIES.register("feature_gan", FeatureGANOptions)(build_feature_discriminator)
+
+
+@dataclass
+class LADDOptions(FeatureGANOptions):
+    """LADD: heads on the frozen teacher's last three blocks, hinge loss, noise positions drawn
+    logit-normal(1, 1), biased to high noise (Sauer et al. 2024)."""
+
+    network: Network = "teacher"
+    layers: list[int] = field(default_factory=lambda: [-3, -2, -1])
+    loss: GANLoss = "hinge"
+    generator_weight: float = 1.0
+    discriminator_weight: float = 1.0
+    t_sampling: Literal["uniform", "logit_normal"] = "logit_normal"
+    t_mean: float = 1.0
+
+
+@dataclass
+class APTOptions(FeatureGANOptions):
+    """APT: heads on a trainable copy of the teacher, non-saturating loss, approximate R1 with
+    lambda = 100 and sigma = 0.01 (Lin et al. 2025, Seaweed-APT)."""
+
+    network: Network = "teacher_copy"
+    layers: list[int] = field(default_factory=lambda: [-3, -2, -1])
+    generator_weight: float = 1.0
+    discriminator_weight: float = 1.0
+    approx_r1_weight: float = 100.0
+
+
+ADVERSARIES.register("ladd", LADDOptions)(build_feature_discriminator)
+ADVERSARIES.register("apt", APTOptions)(build_feature_discriminator)
