@@ -192,6 +192,31 @@ def build_mlp_generator(options: MLPGeneratorOptions, context) -> MLPGenerator:
     return MLPGenerator(context.modality.sample_shape[0], options.hidden, options.depth)
 
 
+class ParticleGenerator(Generator):
+    """A fixed set of learnable points, each its own sample, as each scene is its own parameters in
+    text-to-3D SDS. The noise picks the particle: the normal CDF of its first coordinate, scaled to the
+    count, so every particle is equally likely and the same noise gives the same particle."""
+
+    def __init__(self, dim: int, count: int, init_std: float) -> None:
+        super().__init__()
+        self.points = nn.Parameter(torch.randn(count, dim) * init_std)
+
+    def forward(self, noise, cond=None):
+        index = (torch.special.ndtr(noise[:, 0]) * len(self.points)).long().clamp(max=len(self.points) - 1)
+        return self.points[index]
+
+
+@dataclass
+class ParticleGeneratorOptions:
+    count: int = 2048
+    init_std: float = 2.0
+
+
+@GENERATORS.register("particles", ParticleGeneratorOptions)
+def build_particle_generator(options: ParticleGeneratorOptions, context) -> ParticleGenerator:
+    return ParticleGenerator(context.modality.sample_shape[0], options.count, options.init_std)
+
+
 @FAKE_SCORES.register("exact_gaussian")
 def build_exact_gaussian_fake(options, context) -> GaussianPosteriorDenoiser:
     if not isinstance(context.generator, GaussianGenerator):

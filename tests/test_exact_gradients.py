@@ -7,29 +7,12 @@ import math
 import pytest
 import torch
 
+from objective_fixtures import TEACHER_MEAN, TEACHER_STD, flat_grad
+from objective_fixtures import gaussian_setup as setup
 from potstill.core.objectives.dmd2 import DMD2, DMD2Options
 from potstill.core.objectives.sid import sid_loss_per_element
 from potstill.core.schedules import EDMSchedule, FlowSchedule, VPSchedule
-from potstill.modalities.gaussian_mixture import (
-    GaussianMixture,
-    GaussianMixtureDenoiser,
-    GaussianPosteriorDenoiser,
-)
-from potstill.modalities.vector import GaussianGenerator
-
-TEACHER_MEAN = torch.tensor([1.0, -2.0], dtype=torch.float64)
-TEACHER_STD = torch.tensor([0.5, 1.5], dtype=torch.float64)
-
-
-def setup(schedule):
-    torch.manual_seed(0)
-    generator = GaussianGenerator(2, init_std=0.8, init_mean=[0.3, 0.4])
-    with torch.no_grad():
-        generator.offdiag[1, 0] = 0.3
-    mixture = GaussianMixture(TEACHER_MEAN[None], TEACHER_STD[None], torch.ones(1))
-    teacher = GaussianMixtureDenoiser(mixture, schedule)
-    fake = GaussianPosteriorDenoiser(generator, schedule)
-    return generator, teacher, fake
+from potstill.modalities.gaussian_mixture import GaussianMixture, GaussianMixtureDenoiser
 
 
 def noisy_marginals(generator, schedule, t):
@@ -58,11 +41,6 @@ def gaussian_fisher(p, q):
     return shift @ shift + torch.trace(m @ c1 @ m.T)
 
 
-def flat_grad(loss, generator):
-    grads = torch.autograd.grad(loss, list(generator.parameters()))
-    return torch.cat([g.reshape(-1) for g in grads])
-
-
 SCHEDULES = {"edm": (EDMSchedule(), 0.5), "vp": (VPSchedule("linear"), 0.3), "flow": (FlowSchedule(), 0.4)}
 
 
@@ -77,8 +55,8 @@ def test_dmd_gradient_is_the_kl_gradient(name):
     loss, _ = objective.generator_loss(x, None, teacher, fake)
     t = schedule.t_at(torch.tensor(position, dtype=torch.float64)).float().double()
     a, s = schedule.alpha(t), schedule.sigma(t)
-    surrogate = flat_grad(loss, generator).double() * 2 * a**2 / s**2          # mean over n * d = 2 elements
-    exact = flat_grad(gaussian_kl(*noisy_marginals(generator, schedule, t)), generator).double()
+    surrogate = flat_grad(loss, generator.parameters()).double() * 2 * a**2 / s**2    # mean over n * d = 2 elements
+    exact = flat_grad(gaussian_kl(*noisy_marginals(generator, schedule, t)), generator.parameters()).double()
     assert torch.allclose(surrogate, exact, rtol=0.05, atol=0.02 * exact.abs().max())
 
 
@@ -91,7 +69,7 @@ def test_dmd_paper_form_scales_by_alpha():
         torch.manual_seed(4)
         x = generator(torch.randn(512, 2))
         objective = DMD2(DMD2Options(t_low=0.3, t_high=0.3, t_grid=0, gradient_form=form))
-        losses.append(flat_grad(objective.generator_loss(x, None, teacher, fake)[0], generator))
+        losses.append(flat_grad(objective.generator_loss(x, None, teacher, fake)[0], generator.parameters()))
     alpha = schedule.alpha(schedule.t_at(torch.tensor(0.3, dtype=torch.float64)).float())
     torch.testing.assert_close(losses[1], losses[0] * alpha, rtol=1e-4, atol=1e-7)
 
@@ -109,8 +87,9 @@ def test_sid_half_is_the_fisher_gradient(name):
     per_element = sid_loss_per_element(x, teacher.x0(x_t, t), fake.x0(x_t, t), 0.5, torch.ones(n))
     loss = per_element.sum() / n
     a, s = schedule.alpha(t_value).double(), schedule.sigma(t_value).double()
-    surrogate = flat_grad(loss, generator).double() * 2 * a**2 / s**4
-    exact = flat_grad(gaussian_fisher(*noisy_marginals(generator, schedule, t_value.double())), generator).double()
+    surrogate = flat_grad(loss, generator.parameters()).double() * 2 * a**2 / s**4
+    fisher = gaussian_fisher(*noisy_marginals(generator, schedule, t_value.double()))
+    exact = flat_grad(fisher, generator.parameters()).double()
     assert torch.allclose(surrogate, exact, rtol=0.06, atol=0.03 * exact.abs().max())
 
 
