@@ -27,7 +27,9 @@ def test_round_trip_through_to_dict():
 @pytest.mark.parametrize(("override", "message"), [
     (["train.stpes=3"], "train.stpes: unknown key; valid keys here: batch_size"),
     (["train.steps=many"], "train.steps: expected an integer, got 'many'"),
-    (["objective.kind=dmd3"], "objective.kind: unknown objective 'dmd3'; valid choices: dmd2, sid"),
+    (["objective.kind=dmd3"],
+     "objective.kind: unknown objective 'dmd3'; valid choices: add, apt, dmd, dmd2, fdistill, ladd, sds, sid, sida, "
+     "sim, vsd"),
     (["objective.alpha=1.2"], "objective.alpha: unknown key; valid keys here:"),
     (["teacher.means=3"], "teacher.means: expected a list, got 3"),
     (["optim.generator.lr=[1]"], "optim.generator.lr: expected a number"),
