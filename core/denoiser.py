@@ -95,12 +95,14 @@ class Denoiser(nn.Module):
         return self.schedule.flow_from_x0(x_t, self.x0(x_t, t, cond, guidance), t)
 
     def dsm_loss(self, x0: torch.Tensor, cond=None, generator: torch.Generator | None = None,
-                 guidance: float = 1.0) -> torch.Tensor:
+                 guidance: float = 1.0, t: torch.Tensor | None = None,
+                 eps: torch.Tensor | None = None) -> torch.Tensor:
         """Per-sample denoising score matching loss, weighted so it equals the schedule's native loss
         (EDM's lambda(sigma), eps-MSE for VP, velocity-MSE for flow); with `guidance`, the guided
-        prediction is regressed (SiD-LSG's long guidance)."""
-        t = self.schedule.sample_dsm_t(x0.shape[0], generator).to(x0)
-        eps = torch.randn_like(x0)
+        prediction is regressed (SiD-LSG's long guidance). `t` and `eps` are drawn unless given (SiDA
+        shares them with its real samples)."""
+        t = self.schedule.sample_dsm_t(x0.shape[0], generator).to(x0) if t is None else t
+        eps = torch.randn_like(x0) if eps is None else eps
         x_t = self.schedule.add_noise(x0, eps, t)
         error = (self.x0(x_t, t, cond, guidance) - x0) ** 2
         return self.schedule.dsm_weight(t) * sample_mean(error)

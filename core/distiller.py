@@ -111,7 +111,7 @@ class Distiller:
     def _prepare_training(self) -> None:
         o = self.config.optim
         self.g_train = self.engine.prepare("generator", self.generator, o.generator)
-        shared = getattr(getattr(self.adversary, "options", None), "network", None) == "fake_score"
+        shared = self.adversary is not None and self.adversary.trains_fake_score
         self.f_train = (self.engine.prepare("fake_score", self.fake_score, o.fake_score)
                         if has_parameters(self.fake_score) and (self.objective.uses_fake_score or shared) else None)
         self.d_train = (self.engine.prepare("discriminator", self.adversary, o.discriminator)

@@ -86,6 +86,8 @@ class ProjectionHead(nn.Module):
 class EncoderDiscriminator(nn.Module):
     """Frozen encoder features of clean samples at several blocks, one projection head per block."""
 
+    trains_fake_score = False
+
     def __init__(self, options: EncoderGANOptions, encoder: nn.Module, num_classes: int, cond_dim: int) -> None:
         super().__init__()
         self.options = options

@@ -23,6 +23,7 @@ from potstill.core.adversarial.losses import (
 )
 from potstill.core.denoiser import Denoiser
 from potstill.core.registry import ADVERSARIES
+from potstill.core.time_draws import TimeOptions, TimeSampling, draw_times
 
 Network = Literal["fake_score", "teacher", "teacher_copy"]
 
@@ -41,7 +42,7 @@ class FeatureHead(nn.Module):
 
 
 @dataclass
-class FeatureGANOptions:
+class FeatureGANOptions(TimeOptions):
     """DMD2 defaults: a head on the fake score's last features, noise positions uniform over the grid.
 
     `t_sampling: logit_normal` draws positions sigmoid(N(t_mean, t_std)) (LADD biases them to high
@@ -54,12 +55,8 @@ class FeatureGANOptions:
     loss: GANLoss = "non_saturating"
     generator_weight: float = 3e-3
     discriminator_weight: float = 1e-2
-    t_sampling: Literal["uniform", "logit_normal"] = "uniform"
     t_low: float = 0.0
     t_high: float = 1.0
-    t_grid: int = 1000
-    t_mean: float = 0.0
-    t_std: float = 1.0
     r1_weight: float = 0.0
     approx_r1_weight: float = 0.0
     approx_r1_sigma: float = 0.01
@@ -81,16 +78,16 @@ class FeatureDiscriminator(nn.Module):
         self.heads = nn.ModuleList(FeatureHead(c, options.hidden) for c in feature_channels)
 
     @property
+    def trains_fake_score(self) -> bool:
+        """True when the heads read the fake score, whose trunk then learns from the discriminator loss."""
+        return self.options.network == "fake_score"
+
+    @property
     def network(self) -> Denoiser:
         return self.network_copy if self.options.network == "teacher_copy" else self._shared[0]
 
     def draw_times(self, n: int) -> torch.Tensor:
-        o = self.options
-        schedule = self.network.schedule
-        if o.t_sampling == "uniform":
-            return schedule.sample_t(n, o.t_low, o.t_high, o.t_grid)
-        position = torch.sigmoid(o.t_mean + o.t_std * torch.randn(n, dtype=torch.float64))
-        return schedule.t_at(position.clamp(o.t_low, o.t_high)).float()
+        return draw_times(self.options, self.network.schedule, n)
 
     def logits_at(self, x_t: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
         """One logit per sample at noisy input x_t, t: the heads' mean over the chosen layers."""
@@ -171,7 +168,7 @@ class LADDOptions(FeatureGANOptions):
     loss: GANLoss = "hinge"
     generator_weight: float = 1.0
     discriminator_weight: float = 1.0
-    t_sampling: Literal["uniform", "logit_normal"] = "logit_normal"
+    t_sampling: TimeSampling = "logit_normal"
     t_mean: float = 1.0
 
 

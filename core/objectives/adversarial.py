@@ -12,10 +12,11 @@ from typing import Literal
 import torch
 
 from potstill.core.denoiser import Denoiser
-from potstill.core.objectives.base import Objective, TimeOptions
+from potstill.core.objectives.base import Objective
 from potstill.core.objectives.sds import vp_equivalent
 from potstill.core.registry import OBJECTIVES
 from potstill.core.tensors import sample_mean
+from potstill.core.time_draws import TimeOptions
 
 
 @dataclass

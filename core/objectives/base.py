@@ -1,10 +1,9 @@
 """What every objective provides: a generator surrogate loss whose gradient is the method's, and the
-fake score's own loss on detached generator samples (reference §1-§7). Shared here: how t is drawn,
-how the noisy sample is made, and how losses are reduced."""
+fake score's own loss on detached generator samples (reference §1-§7). Shared here: how the noisy
+sample is made and how losses are reduced; how t is drawn lives in `core/time_draws.py`."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -12,9 +11,9 @@ from torch import nn
 
 from potstill.core.denoiser import Denoiser
 from potstill.core.schedules import Schedule
+from potstill.core.time_draws import draw_times
 
 Reduction = Literal["mean", "sum"]
-TimeSampling = Literal["uniform", "dsm"]
 
 
 def reduce_loss(per_element: torch.Tensor, reduction: Reduction, batch: int | None = None) -> torch.Tensor:
@@ -22,24 +21,6 @@ def reduce_loss(per_element: torch.Tensor, reduction: Reduction, batch: int | No
     if reduction == "mean":
         return per_element.mean()
     return per_element.sum() / (batch or per_element.shape[0])
-
-
-@dataclass
-class TimeOptions:
-    """Where the generator loss looks: `uniform` positions in [t_low, t_high] of the schedule (on a
-    `t_grid`-point grid when non-zero, DMD2's U{20..980}), or `dsm`, the schedule's own training draw
-    (EDM's log-normal sigma, as Diff-Instruct and SiD's critic use)."""
-
-    t_sampling: TimeSampling = "uniform"
-    t_low: float = 0.02
-    t_high: float = 0.98
-    t_grid: int = 1000
-
-
-def draw_times(options: TimeOptions, schedule: Schedule, n: int) -> torch.Tensor:
-    if options.t_sampling == "dsm":
-        return schedule.sample_dsm_t(n)
-    return schedule.sample_t(n, options.t_low, options.t_high, options.t_grid)
 
 
 class Objective(nn.Module):
@@ -79,8 +60,9 @@ class Objective(nn.Module):
     def fake_score_loss(self, x: torch.Tensor, cond, fake: Denoiser,
                         real: tuple[torch.Tensor, object] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         """Denoising score matching of the fake score on detached generator samples."""
-        per_sample = fake.dsm_loss(x.detach(), cond, guidance=self.fake_training_guidance)
-        if self.fake_reduction == "sum":
-            per_sample = per_sample * x[0].numel()
-        loss = per_sample.mean()
+        loss = self.reduce_fake_loss(fake.dsm_loss(x.detach(), cond, guidance=self.fake_training_guidance), x)
         return loss, {"fake_dsm": loss.item()}
+
+    def reduce_fake_loss(self, per_sample: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Batch mean of per-sample DSM losses (means over elements), times the element count for `sum`."""
+        return per_sample.mean() * (x[0].numel() if self.fake_reduction == "sum" else 1)

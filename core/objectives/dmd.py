@@ -56,9 +56,11 @@ class DMD(DMD2):
         noise, cond = self._modality[0].draw_inputs(o.pairs, torch.Generator().manual_seed(o.pair_seed))
         if cond is not None and not isinstance(cond, torch.Tensor):
             raise ValueError("objective.kind 'dmd': regression pairs support tensor conditions only")
-        targets = [sample(teacher, n.to(device), None if c is None else c.to(device), o.pair_nfe, None, o.guidance)
-                   for n, c in zip(noise.split(o.pair_batch),
-                                   cond.split(o.pair_batch) if cond is not None else [None] * len(noise), strict=False)]
+        targets = []
+        for start in range(0, o.pairs, o.pair_batch):
+            part = slice(start, start + o.pair_batch)
+            part_cond = cond[part].to(device) if cond is not None else None
+            targets.append(sample(teacher, noise[part].to(device), part_cond, o.pair_nfe, None, o.guidance))
         pairs = {"noise": noise, "target": torch.cat(targets).cpu()}
         if cond is not None:
             pairs["cond"] = cond

@@ -13,9 +13,10 @@ import torch
 import torch.nn.functional as F
 
 from potstill.core.denoiser import Denoiser
-from potstill.core.objectives.base import Objective, Reduction, TimeOptions
+from potstill.core.objectives.base import Objective, Reduction
 from potstill.core.registry import OBJECTIVES
 from potstill.core.tensors import per_sample, sample_mean
+from potstill.core.time_draws import TimeOptions
 
 
 @dataclass

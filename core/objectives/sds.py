@@ -13,10 +13,11 @@ from typing import Literal
 import torch
 
 from potstill.core.denoiser import Denoiser
-from potstill.core.objectives.base import Objective, Reduction, TimeOptions
+from potstill.core.objectives.base import Objective, Reduction
 from potstill.core.objectives.dmd2 import matching_loss
 from potstill.core.registry import OBJECTIVES
 from potstill.core.tensors import per_sample
+from potstill.core.time_draws import TimeOptions
 
 SDSWeighting = Literal["sds", "uniform", "fantasia3d"]
 

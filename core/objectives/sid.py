@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 import torch
 
 from potstill.core.denoiser import Denoiser
-from potstill.core.objectives.base import Objective, Reduction, TimeOptions, reduce_loss
+from potstill.core.objectives.base import Objective, Reduction, reduce_loss
 from potstill.core.registry import OBJECTIVES
 from potstill.core.tensors import per_sample, sample_mean
+from potstill.core.time_draws import TimeOptions
 
 
 @dataclass

@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from potstill.core.denoiser import Denoiser
 from potstill.core.objectives.sid import SiD, SiDOptions
 from potstill.core.registry import OBJECTIVES
-from potstill.core.tensors import sample_mean
 
 
 @dataclass
@@ -52,16 +51,14 @@ class SiDA(SiD):
         x = x.detach()
         t = schedule.sample_dsm_t(x.shape[0]).to(x)
         noise = torch.randn_like(x)
+        dsm = self.reduce_fake_loss(fake.dsm_loss(x, cond, guidance=self.fake_training_guidance, t=t, eps=noise), x)
         x_t = schedule.add_noise(x, noise, t)
         real_t = schedule.add_noise(real_x, noise, t)
-        weight = schedule.dsm_weight(t)
-        error = (fake.x0(x_t, t, cond, self.fake_training_guidance) - x) ** 2
-        dsm = (weight * sample_mean(error)).mean() * (x[0].numel() if self.fake_reduction == "sum" else 1)
         logits_real = encoder_logits(fake, real_t, t, real_cond, o.layer)
         logits_fake = encoder_logits(fake, x_t, t, cond, o.layer)
         bce = (F.binary_cross_entropy_with_logits(logits_real, torch.ones_like(logits_real))
                + F.binary_cross_entropy_with_logits(logits_fake, torch.zeros_like(logits_fake))) / 2
-        discriminator = o.discriminator_scale * weight.mean() * bce
+        discriminator = o.discriminator_scale * schedule.dsm_weight(t).mean() * bce
         return dsm + discriminator, {"fake_dsm": dsm.item(), "sida_d": bce.item(),
                                      "d_real": logits_real.mean().item(), "d_fake": logits_fake.mean().item()}
 

@@ -16,10 +16,11 @@ from typing import Literal
 import torch
 
 from potstill.core.denoiser import Denoiser
-from potstill.core.objectives.base import Objective, Reduction, TimeOptions
+from potstill.core.objectives.base import Objective, Reduction
 from potstill.core.objectives.sid import drop_nonfinite
 from potstill.core.registry import OBJECTIVES
 from potstill.core.tensors import sample_sum
+from potstill.core.time_draws import TimeOptions
 
 
 @dataclass
