@@ -61,16 +61,25 @@ def _demo(args) -> None:
     run_demo(Path(args.out), steps=args.steps)
 
 
+def add_distill_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments shared by `potstill distill` and the DeepSpeed launch module."""
+    parser.add_argument("config")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", nargs="+",
+                        help="override any config key; values are YAML (lists work)")
+    parser.add_argument("--out", help="run directory (default: runs/<config>-<time>)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+
+
+def flatten_overrides(args: argparse.Namespace) -> None:
+    args.set = [item for group in args.set for item in group]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="potstill", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("distill", help="distil a teacher into a student from a YAML config")
-    p.add_argument("config")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", nargs="+",
-                   help="override any config key; values are YAML (lists work)")
-    p.add_argument("--out", help="run directory (default: runs/<config>-<time>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    add_distill_arguments(p)
     p.set_defaults(func=_distill)
 
     p = sub.add_parser("sample", help="draw samples from a run's EMA student")
@@ -96,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if getattr(args, "set", None):
-        args.set = [item for group in args.set for item in group]
+        flatten_overrides(args)
     try:
         args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError, KeyError) as error:

@@ -24,11 +24,13 @@ def distill(config: RunConfig, run_dir: Path, resume: bool = False) -> Distiller
     if has_checkpoint and not resume:
         raise FileExistsError(f"{run_dir}: already holds a run; pass --resume to continue it, or another --out")
     distiller = Distiller(config, run_dir)
+    distiller.run_dir = distiller.engine.broadcast(run_dir)     # ranks agree on a time-stamped default
     if resume and not has_checkpoint:
         raise FileNotFoundError(f"{run_dir}: --resume given but the run has no checkpoint")
     if resume:
         distiller.resume()
-    distiller.write_config()
+    if distiller.engine.is_main:
+        distiller.write_config()
     distiller.train()
     distiller.save()
     distiller.save_samples()
@@ -50,9 +52,10 @@ def find_run(path: str | Path) -> tuple[Path, Path]:
 
 
 def open_run(path: str | Path) -> Distiller:
-    """Rebuild a run from its directory and load its weights (not its optimizer state)."""
+    """Rebuild a run from its directory and load its weights (not its optimizer state) in this one process,
+    whatever engine trained it: checkpoints hold every model whole, as safetensors."""
     run_dir, checkpoint = find_run(path)
-    config = load_config(run_dir / "config.yaml")
+    config = load_config(run_dir / "config.yaml", ["engine=plain"])
     distiller = Distiller(config, run_dir)
     distiller.load(checkpoint, training_state=False)
     distiller.step = ckpt.load_state(checkpoint)["step"]

@@ -10,6 +10,7 @@ import torch
 from einops import rearrange
 from timm.layers import Attention, Mlp, PatchEmbed
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from potstill.backbones.embeddings import TimestepEmbedder
 from potstill.core.registry import BACKBONES
@@ -111,6 +112,7 @@ class DiT(nn.Module):
         self.pos_embed = nn.Parameter(sincos_2d(o.hidden_size, grid)[None], requires_grad=False)
         self.blocks = nn.ModuleList(DiTBlock(o.hidden_size, o.num_heads, o.mlp_ratio) for _ in range(o.depth))
         self.final_layer = FinalLayer(o.hidden_size, o.patch_size, self.out_channels)
+        self.activation_checkpointing = False    # recompute each block in backward (train.activation_checkpointing)
         self._initialize()
 
     def _initialize(self) -> None:
@@ -154,8 +156,9 @@ class DiT(nn.Module):
         tokens = self.x_embedder(x) + self.pos_embed
         c = self.t_embedder(c_noise) + self.embed_condition(cond)
         activations = []
+        recompute = self.activation_checkpointing and torch.is_grad_enabled()
         for block in self.blocks:
-            tokens = block(tokens, c)
+            tokens = checkpoint(block, tokens, c, use_reentrant=False) if recompute else block(tokens, c)
             activations.append(tokens)
         out = self.final_layer(tokens, c)
         grid = o.input_size // o.patch_size

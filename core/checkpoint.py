@@ -25,24 +25,45 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def save_checkpoint(folder: Path, step: int, weights: dict[str, dict[str, torch.Tensor]], state: dict,
-                    keep: int = 2) -> Path:
-    """Write `folder/step_XXXXXXXX/` with one safetensors file per model and `state.pt`."""
-    folder.mkdir(parents=True, exist_ok=True)
-    final = folder / f"step_{step:08d}"
-    tmp = folder / f".step_{step:08d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+def staging_folder(folder: Path, step: int) -> Path:
+    """Where a checkpoint is written before it is renamed into place."""
+    return folder / f".step_{step:08d}.tmp"
+
+
+def final_folder(folder: Path, step: int) -> Path:
+    return folder / f"step_{step:08d}"
+
+
+def clear_folder(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+
+
+def write_checkpoint(staging: Path, weights: dict[str, dict[str, torch.Tensor]], state: dict) -> None:
+    """One safetensors file per model and `state.pt`, into the staging folder."""
     for name, tensors in weights.items():
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp / f"{name}.safetensors")
-    torch.save(state, tmp / STATE_FILE)
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, staging / f"{name}.safetensors")
+    torch.save(state, staging / STATE_FILE)
+
+
+def commit_checkpoint(folder: Path, staging: Path, final: Path, keep: int = 2) -> Path:
+    """Rename the staging folder into place, point `latest` at it, and drop all but the newest `keep`."""
     if final.exists():
         shutil.rmtree(final)
-    os.replace(tmp, final)
+    os.replace(staging, final)
     _write_atomic(folder / LATEST, final.name)
     for old in sorted(folder.glob("step_*"))[:-keep] if keep > 0 else []:
         shutil.rmtree(old)
     return final
+
+
+def save_checkpoint(folder: Path, step: int, weights: dict[str, dict[str, torch.Tensor]], state: dict,
+                    keep: int = 2) -> Path:
+    """Write `folder/step_XXXXXXXX/` with one safetensors file per model and `state.pt`, atomically."""
+    staging = staging_folder(folder, step)
+    clear_folder(staging)
+    write_checkpoint(staging, weights, state)
+    return commit_checkpoint(folder, staging, final_folder(folder, step), keep)
 
 
 def latest_checkpoint(folder: Path) -> Path | None:

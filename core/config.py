@@ -26,6 +26,7 @@ class Component:
 
     kind: str
     options: Any = None
+    shard: bool = False
 
 
 @dataclass
@@ -50,10 +51,13 @@ class OptimGroup:
 
 @dataclass
 class TrainConfig:
-    """The alternating loop: `generator_every` steps per generator update, critic updates every step."""
+    """The alternating loop: `generator_every` steps per generator update, critic updates every step.
+    `batch_size` is the global batch of one optimizer step, split over ranks and `grad_accum` micro-batches."""
 
     steps: int = 1000
     batch_size: int = 64
+    grad_accum: int = 1
+    activation_checkpointing: bool = False
     generator_every: int = 1
     fake_score_updates: int = 1
     discriminator_every: int = 1
@@ -197,6 +201,9 @@ def from_dict(cls: type, data: Any, key: str = "") -> Any:
     return cls(**values)
 
 
+SHARDABLE = {"teacher"}    # sections whose `shard: true` partitions the frozen model across ranks
+
+
 def load_component(section: str, data: Any) -> Component | None:
     """Resolve a `{kind: name, ...options}` section (or a bare name) through its registry."""
     if data is None:
@@ -207,6 +214,9 @@ def load_component(section: str, data: Any) -> Component | None:
         raise ConfigError(f"{section}.kind: required key is missing (a registered name)")
     data = dict(data)
     kind = data.pop("kind")
+    shard = data.pop("shard", False) if section in SHARDABLE else False
+    if not isinstance(shard, bool):
+        raise ConfigError(f"{section}.shard: expected true or false, got {shard!r}")
     try:
         entry = COMPONENT_REGISTRIES[section].get(kind, f"{section}.kind")
     except reg.UnknownNameError as error:
@@ -214,8 +224,8 @@ def load_component(section: str, data: Any) -> Component | None:
     if entry.options is None:
         if data:
             raise ConfigError(f"{section}.{sorted(data)[0]}: unknown key; {kind!r} takes no options")
-        return Component(kind, None)
-    return Component(kind, from_dict(entry.options, data, section))
+        return Component(kind, None, shard)
+    return Component(kind, from_dict(entry.options, data, section), shard)
 
 
 def deep_merge(base: dict, override: dict) -> dict:
@@ -292,7 +302,7 @@ def to_dict(cfg: Any) -> Any:
     """A plain, YAML-writable mapping of a loaded config (components flattened back to `kind` + options)."""
     if isinstance(cfg, Component):
         options = to_dict(cfg.options) if cfg.options is not None else {}
-        return {"kind": cfg.kind, **options}
+        return {"kind": cfg.kind, **({"shard": True} if cfg.shard else {}), **options}
     if dataclasses.is_dataclass(cfg):
         return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
     if isinstance(cfg, list | tuple):

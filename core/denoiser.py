@@ -9,6 +9,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from potstill.core import parallel
 from potstill.core.schedules import Schedule
 from potstill.core.tensors import per_sample, sample_mean
 
@@ -101,8 +102,9 @@ class Denoiser(nn.Module):
         (EDM's lambda(sigma), eps-MSE for VP, velocity-MSE for flow); with `guidance`, the guided
         prediction is regressed (SiD-LSG's long guidance). `t` and `eps` are drawn unless given (SiDA
         shares them with its real samples)."""
-        t = self.schedule.sample_dsm_t(x0.shape[0], generator).to(x0) if t is None else t
-        eps = torch.randn_like(x0) if eps is None else eps
+        if t is None:
+            t = parallel.draw_local(lambda n: self.schedule.sample_dsm_t(n, generator), x0.shape[0]).to(x0)
+        eps = parallel.randn_like(x0) if eps is None else eps
         x_t = self.schedule.add_noise(x0, eps, t)
         error = (self.x0(x_t, t, cond, guidance) - x0) ** 2
         return self.schedule.dsm_weight(t) * sample_mean(error)

@@ -17,11 +17,12 @@ from torch import nn
 from tqdm import tqdm
 
 from potstill.core import checkpoint as ckpt
+from potstill.core import parallel
 from potstill.core import registry as reg
 from potstill.core.config import RunConfig, to_dict
 from potstill.core.denoiser import Denoiser
 from potstill.core.ema import EMA
-from potstill.core.engine import Engine, Trainable
+from potstill.core.engine import Engine, Part, Trainable
 from potstill.core.evaluation import evaluate_generator
 from potstill.core.generator import Generator
 from potstill.core.modality import Modality
@@ -56,6 +57,36 @@ def has_parameters(module: nn.Module | None) -> bool:
     return module is not None and any(p.requires_grad for p in module.parameters())
 
 
+class MicroBatchMean:
+    """Logged scalars averaged over the micro-batches of one optimizer step."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.count = 0
+
+    def add(self, metrics: dict[str, float]) -> None:
+        self.count += 1
+        for key, value in metrics.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+
+    def mean(self) -> dict[str, float]:
+        return {key: value / self.count for key, value in self.sums.items()}
+
+
+GRAD_NORM_KEYS = {"generator": "g_grad_norm", "fake_score": "fake_grad_norm", "discriminator": "d_grad_norm",
+                  "critic": "critic_grad_norm"}
+
+
+def enable_activation_checkpointing(modules: list[nn.Module]) -> None:
+    """Recompute the blocks of every backbone that offers it (`activation_checkpointing`) in backward."""
+    found = [sub for module in modules for sub in module.modules() if hasattr(sub, "activation_checkpointing")]
+    if not found:
+        raise ValueError("train.activation_checkpointing: none of the trained models has blocks to checkpoint "
+                         "(the DiT backbone has)")
+    for sub in found:
+        sub.activation_checkpointing = True
+
+
 class Distiller:
     """One run: components built from `config`, trained by `train()`, checkpointed under `run_dir`."""
 
@@ -63,8 +94,14 @@ class Distiller:
         self.config = config
         self.run_dir = Path(run_dir) if run_dir is not None else None
         seed_everything(config.train.seed)
+        if config.train.grad_accum < 1:
+            raise ValueError(f"train.grad_accum: must be at least 1, got {config.train.grad_accum}")
         engine_entry = reg.ENGINES.get(config.engine.kind, "engine.kind")
-        self.engine: Engine = engine_entry.builder(config.engine.options, bf16=config.train.bf16)
+        self.engine: Engine = engine_entry.builder(config.engine.options, config.train)
+        self.micro_batch = parallel.local_batch_size(config.train.batch_size) // config.train.grad_accum
+        if self.micro_batch * config.train.grad_accum * self.engine.world_size != config.train.batch_size:
+            raise ValueError(f"train.batch_size: {config.train.batch_size} does not split into "
+                             f"{self.engine.world_size} ranks x {config.train.grad_accum} micro-batches (grad_accum)")
         context = BuildContext(config, self.engine)
         context.teacher = _build(reg.TEACHERS, config.teacher, context, "teacher.kind")
         self.teacher = context.teacher.requires_grad_(False).eval()
@@ -80,11 +117,15 @@ class Distiller:
         self.real_data = (_build(reg.DATASETS, config.real_data, context, "real_data.kind")
                           if config.real_data is not None else None)
         self._check_requirements()
-        for module in (self.teacher, self.generator, self.fake_score, self.adversary, self.objective):
+        for module in (self.generator, self.fake_score, self.adversary, self.objective):
             if module is not None:
                 module.to(self.engine.device)
         self.ema = EMA(self.generator, config.train.ema_decay)
+        if config.train.activation_checkpointing:
+            enable_activation_checkpointing([m for m in (self.generator, self.fake_score) if has_parameters(m)])
         self._prepare_training()
+        self.teacher = self.engine.prepare_frozen("teacher", self.teacher, config.teacher.shard)
+        self.ema.model = self.engine.prepare_frozen("generator_ema", self.ema.model, self.engine.partitions_trained())
         self.step = 0
 
     def _build_adversary(self, context: BuildContext) -> nn.Module | None:
@@ -109,37 +150,64 @@ class Distiller:
             raise ValueError(f"real_data: the adversary or objective {kind!r} needs real samples; set real_data.kind")
 
     def _prepare_training(self) -> None:
+        """Two optimizer steps: the generator's, and the critic's (fake score and discriminator together)."""
         o = self.config.optim
-        self.g_train = self.engine.prepare("generator", self.generator, o.generator)
+        self.g_train = self.engine.prepare("generator", [Part("generator", self.generator, o.generator)])
         shared = self.adversary is not None and self.adversary.trains_fake_score
-        self.f_train = (self.engine.prepare("fake_score", self.fake_score, o.fake_score)
-                        if has_parameters(self.fake_score) and (self.objective.uses_fake_score or shared) else None)
-        self.d_train = (self.engine.prepare("discriminator", self.adversary, o.discriminator)
-                        if self.adversary is not None else None)
+        critic = []
+        if has_parameters(self.fake_score) and (self.objective.uses_fake_score or shared):
+            critic.append(Part("fake_score", self.fake_score, o.fake_score))
+        if self.adversary is not None:
+            critic.append(Part("discriminator", self.adversary, o.discriminator))
+            if not self.engine.steps_parts_alone:
+                self._check_discriminator_every()
+        self.critic_train = self.engine.prepare("critic", critic) if critic else None
+        self.trains_fake = any(p.name == "fake_score" for p in critic)
+
+    def _check_discriminator_every(self) -> None:
+        if self.config.train.discriminator_every != 1:
+            raise ValueError("train.discriminator_every: under DeepSpeed the discriminator steps with the fake "
+                             "score in one engine; set it to 1")
 
     @property
     def trainables(self) -> list[Trainable]:
-        return [t for t in (self.g_train, self.f_train, self.d_train) if t is not None]
+        return [t for t in (self.g_train, self.critic_train) if t is not None]
 
     def draw_inputs(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, object]:
-        """Generator inputs from the modality, on the engine's device."""
+        """Generator inputs from the modality, on the engine's device (the same for every rank)."""
         noise, cond = self.modality.draw_inputs(n, generator)
         return noise.to(self.engine.device), to_device(cond, self.engine.device)
 
+    def draw_local_inputs(self, n: int) -> tuple[torch.Tensor, object]:
+        """This rank's rows of a global draw of training inputs."""
+        return parallel.draw_local(self.draw_inputs, n)
+
+    def next_real(self, n: int):
+        """This rank's rows of the next global batch of real samples, on the device."""
+        return to_device(parallel.draw_local(self.real_data.next, n), self.engine.device)
+
+    def _grad_norms(self, trainable: Trainable) -> dict[str, float]:
+        return {GRAD_NORM_KEYS[name]: norm for name, norm in self.engine.step(trainable).items()}
+
     def critic_update(self, step: int) -> dict[str, float]:
         """Fake score (denoising score matching) and discriminator on detached generator samples."""
-        train = self.config.train
-        use_d = self.d_train is not None and step % train.discriminator_every == 0
-        train_fake = self.f_train is not None and self.objective.uses_fake_score
+        use_d = self.adversary is not None and step % self.config.train.discriminator_every == 0
+        train_fake = self.trains_fake and self.objective.uses_fake_score
         if not train_fake and not use_d:
             return {}
+        metrics = MicroBatchMean()
+        for _ in range(self.config.train.grad_accum):
+            metrics.add(self._critic_micro_batch(train_fake, use_d))
+        return metrics.mean() | self._grad_norms(self.critic_train)
+
+    def _critic_micro_batch(self, train_fake: bool, use_d: bool) -> dict[str, float]:
         with torch.no_grad(), self.engine.autocast():
-            noise, cond = self.draw_inputs(train.batch_size)
+            noise, cond = self.draw_local_inputs(self.micro_batch)
             x = self.generator(noise, cond).float()
         metrics: dict[str, float] = {}
         loss = torch.zeros((), device=self.engine.device)
         needs_real = use_d or (train_fake and self.objective.needs_real_data)
-        real = to_device(self.real_data.next(train.batch_size), self.engine.device) if needs_real else None
+        real = self.next_real(self.micro_batch) if needs_real else None
         with self.engine.autocast():
             if train_fake:
                 fake_loss, m = self.objective.fake_score_loss(x, cond, self.fake_score, real)
@@ -149,11 +217,7 @@ class Distiller:
                 d_loss, m = self.adversary.discriminator_loss(real[0], real[1], x, cond)
                 loss = loss + self.adversary.options.discriminator_weight * d_loss
                 metrics |= m
-        self.engine.backward(loss, "fake score / discriminator")
-        if self.f_train is not None:
-            metrics["fake_grad_norm"] = self.engine.step(self.f_train)
-        if use_d:
-            metrics["d_grad_norm"] = self.engine.step(self.d_train)
+        self.engine.backward(self.critic_train, loss, "fake score / discriminator")
         return metrics
 
     def generator_update(self) -> dict[str, float]:
@@ -162,20 +226,26 @@ class Distiller:
         for module in frozen:
             module.requires_grad_(False)
         try:
-            with self.engine.autocast():
-                noise, cond = self.draw_inputs(self.config.train.batch_size)
-                x = self.generator(noise, cond).float()
-                loss, metrics = self.objective.generator_loss(x, cond, self.teacher, self.fake_score, self.adversary)
-                if self.adversary is not None:
-                    g_adv = self.adversary.generator_loss(x, cond)
-                    loss = loss + self.adversary.options.generator_weight * g_adv
-                    metrics["g_adv"] = g_adv.item()
-            self.engine.backward(loss, "generator")
-            metrics["g_grad_norm"] = self.engine.step(self.g_train)
+            metrics = MicroBatchMean()
+            for _ in range(self.config.train.grad_accum):
+                metrics.add(self._generator_micro_batch())
+            result = metrics.mean() | self._grad_norms(self.g_train)
         finally:
             for module in frozen:
                 module.requires_grad_(True)
         self.ema.update(self.generator)
+        return result
+
+    def _generator_micro_batch(self) -> dict[str, float]:
+        with self.engine.autocast():
+            noise, cond = self.draw_local_inputs(self.micro_batch)
+            x = self.generator(noise, cond).float()
+            loss, metrics = self.objective.generator_loss(x, cond, self.teacher, self.fake_score, self.adversary)
+            if self.adversary is not None:
+                g_adv = self.adversary.generator_loss(x, cond)
+                loss = loss + self.adversary.options.generator_weight * g_adv
+                metrics["g_adv"] = g_adv.item()
+        self.engine.backward(self.g_train, loss, "generator")
         return metrics
 
     def train_step(self) -> dict[str, float]:
@@ -194,16 +264,19 @@ class Distiller:
         """Run until `train.steps` (or `steps` more iterations), logging and checkpointing on the way."""
         train = self.config.train
         end = train.steps if steps is None else min(train.steps, self.step + steps)
-        log = RunLog(self.run_dir / "logs", self.step) if self.run_dir else None
-        bar = tqdm(total=end, initial=self.step, disable=not train.progress, desc="distill", dynamic_ncols=True)
+        log = RunLog(self.run_dir / "logs", self.step) if self.run_dir and self.engine.is_main else None
+        bar = tqdm(total=end, initial=self.step, disable=not (train.progress and self.engine.is_main), desc="distill",
+                   dynamic_ncols=True)
         start, first = time.perf_counter(), self.step
         try:
             while self.step < end:
                 metrics = self.train_step()
                 bar.update(1)
-                if log and (self.step % train.log_every == 0 or self.step == end):
+                if self.run_dir and (self.step % train.log_every == 0 or self.step == end):
+                    metrics = self.engine.reduce_metrics(metrics)
                     metrics["sec_per_step"] = (time.perf_counter() - start) / (self.step - first)
-                    log.write(self.step, metrics)
+                    if log:
+                        log.write(self.step, metrics)
                     bar.set_postfix({k: f"{v:.3g}" for k, v in list(metrics.items())[:3]})
                 if self.run_dir and train.sample_every and self.step % train.sample_every == 0:
                     self.save_samples()
@@ -221,41 +294,50 @@ class Distiller:
         with open(self.run_dir / "config.yaml", "w") as f:
             yaml.safe_dump(to_dict(self.config), f, sort_keys=False)
 
-    def _weights(self) -> dict[str, dict[str, torch.Tensor]]:
-        weights = {"generator": self.generator.state_dict(), "generator_ema": self.ema.model.state_dict()}
+    def _saved_modules(self) -> list[tuple[str, nn.Module]]:
+        """The models a checkpoint holds as safetensors, by file name."""
+        modules = [("generator", self.generator), ("generator_ema", self.ema.model)]
         if has_parameters(self.fake_score):
-            weights["fake_score"] = self.fake_score.state_dict()
+            modules.append(("fake_score", self.fake_score))
         if self.adversary is not None:
-            weights["discriminator"] = self.adversary.state_dict()
+            modules.append(("discriminator", self.adversary))
         if self.objective.state_dict():
-            weights["objective"] = self.objective.state_dict()
-        return weights
+            modules.append(("objective", self.objective))
+        return modules
 
     def save(self) -> Path:
-        state = {
-            "step": self.step,
-            "optimizers": {t.name: t.optimizer.state_dict() for t in self.trainables},
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-            "real_data": self.real_data.state_dict() if self.real_data is not None else None,
-        }
-        return ckpt.save_checkpoint(self.run_dir / "checkpoints", self.step, self._weights(), state,
-                                    self.config.train.keep_checkpoints)
+        """Write a checkpoint atomically; under DeepSpeed every rank takes part and the main rank commits it."""
+        weights = {name: self.engine.full_state_dict(module) for name, module in self._saved_modules()}
+        folder = self.run_dir / "checkpoints"
+        staging = ckpt.staging_folder(folder, self.step)
+        if self.engine.is_main:
+            ckpt.clear_folder(staging)
+        self.engine.barrier()
+        optimizers = self.engine.save_training_state(staging, self.trainables)
+        self.engine.barrier()
+        final = ckpt.final_folder(folder, self.step)
+        if self.engine.is_main:
+            state = {
+                "step": self.step,
+                "optimizers": optimizers,
+                "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+                "real_data": self.real_data.state_dict() if self.real_data is not None else None,
+            }
+            ckpt.write_checkpoint(staging, weights, state)
+            ckpt.commit_checkpoint(folder, staging, final, self.config.train.keep_checkpoints)
+        self.engine.barrier()
+        return final
 
     def load(self, checkpoint: Path, training_state: bool = True) -> None:
         """Load weights (and, for resuming, optimizer, RNG, data and step state) from a checkpoint."""
-        for name, module in [("generator", self.generator), ("generator_ema", self.ema.model),
-                             ("fake_score", self.fake_score if has_parameters(self.fake_score) else None),
-                             ("discriminator", self.adversary),
-                             ("objective", self.objective if self.objective.state_dict() else None)]:
-            if module is not None:
-                module.load_state_dict(ckpt.load_weights(checkpoint, name))
+        for name, module in self._saved_modules():
+            self.engine.load_full_state_dict(module, ckpt.load_weights(checkpoint, name))
         if not training_state:
             return
         state = ckpt.load_state(checkpoint)
         self.step = state["step"]
-        for t in self.trainables:
-            t.optimizer.load_state_dict(state["optimizers"][t.name])
+        self.engine.load_training_state(checkpoint, self.trainables, state["optimizers"])
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
         np.random.set_state(rng["numpy"])
@@ -278,18 +360,24 @@ class Distiller:
 
     @torch.no_grad()
     def save_samples(self, n: int = 64) -> Path:
+        """A grid from the EMA student on fixed inputs; every rank samples (a sharded EMA gathers), the main
+        rank writes."""
         with torch.random.fork_rng(devices=[]):
             noise, cond = self.fixed_inputs(n)
             x = self.ema.model.sample(noise, cond)
         path = self.run_dir / "samples" / f"step_{self.step:08d}"
-        return self.modality.save_samples(x.cpu(), to_device(cond, "cpu"), path)
+        if self.engine.is_main:
+            path = self.modality.save_samples(x.cpu(), to_device(cond, "cpu"), path)
+        return path
 
     def evaluate(self) -> dict:
-        """Metrics of the EMA student on the evaluation budget, written to `report.json`."""
+        """Metrics of the EMA student on the evaluation budget, written to `report.json` by the main rank."""
         e = self.config.eval
         report = {"step": self.step,
                   "student": evaluate_generator(self.modality, self.ema.model, e.n_samples, e.batch_size,
                                                 self.engine.device)}
-        if self.run_dir:
+        local, total = self.engine.parameter_share(self.teacher)
+        report["teacher_parameters"] = {"ranks": self.engine.world_size, "main_rank_holds": local, "total": total}
+        if self.run_dir and self.engine.is_main:
             (self.run_dir / "report.json").write_text(json.dumps(report, indent=2))
         return report

@@ -8,8 +8,14 @@ import torch
 from torch import nn
 
 
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor this rank holds: a ZeRO-3 parameter's partition, or the tensor itself."""
+    return tensor.ds_tensor if hasattr(tensor, "ds_tensor") else tensor.data
+
+
 class EMA(nn.Module):
-    """ema <- decay * ema + (1 - decay) * online, parameters and floating buffers alike."""
+    """ema <- decay * ema + (1 - decay) * online, parameters and floating buffers alike. When the student
+    is partitioned (ZeRO-3) the EMA copy is partitioned the same way and each rank averages its own share."""
 
     def __init__(self, model: nn.Module, decay: float) -> None:
         super().__init__()
@@ -18,10 +24,10 @@ class EMA(nn.Module):
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        ema_state = self.model.state_dict()
-        for name, value in model.state_dict().items():
-            target = ema_state[name]
+        ema_state = self.model.state_dict(keep_vars=True)
+        for name, value in model.state_dict(keep_vars=True).items():
+            target, source = _local(ema_state[name]), _local(value)
             if target.dtype.is_floating_point:
-                target.lerp_(value.to(target.dtype), 1 - self.decay)
+                target.lerp_(source.to(target.dtype), 1 - self.decay)
             else:
-                target.copy_(value)
+                target.copy_(source)

@@ -9,6 +9,7 @@ import itertools
 import torch
 from torch import nn
 
+from potstill.core import parallel
 from potstill.core.denoiser import Denoiser
 
 
@@ -49,7 +50,7 @@ class DenoiserGenerator(Generator):
 
     def _renoise(self, x0: torch.Tensor, k: int) -> torch.Tensor:
         t = self.times[k].expand(x0.shape[0])
-        return self.denoiser.schedule.add_noise(x0, torch.randn_like(x0), t)
+        return self.denoiser.schedule.add_noise(x0, parallel.randn_like(x0), t)
 
     def _start(self, noise: torch.Tensor) -> torch.Tensor:
         return self.denoiser.schedule.sigma(self.times[0]) * noise

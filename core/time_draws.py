@@ -9,6 +9,7 @@ from typing import Literal
 
 import torch
 
+from potstill.core import parallel
 from potstill.core.schedules import Schedule
 
 TimeSampling = Literal["uniform", "dsm", "logit_normal"]
@@ -29,7 +30,11 @@ class TimeOptions:
 
 
 def draw_times(options: TimeOptions, schedule: Schedule, n: int) -> torch.Tensor:
-    """n times in the schedule's units, drawn as `options` says."""
+    """n times in the schedule's units, drawn as `options` says (this rank's rows of the global draw)."""
+    return parallel.draw_local(lambda m: _draw(options, schedule, m), n)
+
+
+def _draw(options: TimeOptions, schedule: Schedule, n: int) -> torch.Tensor:
     if options.t_sampling == "dsm":
         return schedule.sample_dsm_t(n)
     if options.t_sampling == "logit_normal":

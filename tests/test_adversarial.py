@@ -66,7 +66,7 @@ def test_objective_ladd_builds_its_own_adversary():
     distiller = Distiller(load_config(CONFIGS / "image" / "digits_ladd.yaml", ["train.progress=false"]))
     assert type(distiller.adversary).__name__ == "FeatureDiscriminator"
     assert distiller.adversary.options.network == "teacher" and distiller.adversary.options.loss == "hinge"
-    assert distiller.f_train is None and distiller.fake_score is None
+    assert not distiller.trains_fake and distiller.fake_score is None
 
 
 def test_apt_trains_a_copy_of_the_teacher_and_leaves_the_teacher():

@@ -25,7 +25,7 @@ def test_round_trip_through_to_dict():
 
 
 @pytest.mark.parametrize(("override", "message"), [
-    (["train.stpes=3"], "train.stpes: unknown key; valid keys here: batch_size"),
+    (["train.stpes=3"], "train.stpes: unknown key; valid keys here: activation_checkpointing, batch_size"),
     (["train.steps=many"], "train.steps: expected an integer, got 'many'"),
     (["objective.kind=dmd3"],
      "objective.kind: unknown objective 'dmd3'; valid choices: add, apt, dmd, dmd2, fdistill, ladd, sds, sid, sida, "

@@ -6,21 +6,22 @@ from torch import nn
 
 from potstill.core.config import OptimConfig
 from potstill.core.distiller import Distiller
-from potstill.core.engine import NonFiniteError, PlainEngine
+from potstill.core.engine import NonFiniteError, Part, PlainEngine
 from tests_support import make_config
 
 
 def test_nan_loss_names_the_model_and_step():
     engine = PlainEngine()
     engine.step_index = 7
+    trainable = engine.prepare("generator", [Part("generator", nn.Linear(2, 1), OptimConfig())])
     with pytest.raises(NonFiniteError, match="generator loss is nan at step 7"):
-        engine.backward(torch.tensor(float("nan")), "generator")
+        engine.backward(trainable, torch.tensor(float("nan")), "generator")
 
 
 def test_nan_gradient_names_the_parameter():
     engine = PlainEngine()
     model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
-    trainable = engine.prepare("fake_score", model, OptimConfig())
+    trainable = engine.prepare("critic", [Part("fake_score", model, OptimConfig())])
     model(torch.ones(1, 2)).sum().backward()
     model[1].weight.grad[0, 0] = float("inf")
     before = model[1].weight.detach().clone()
@@ -32,9 +33,9 @@ def test_nan_gradient_names_the_parameter():
 def test_gradient_clipping_bounds_the_update():
     engine = PlainEngine()
     model = nn.Linear(4, 1, bias=False)
-    trainable = engine.prepare("generator", model, OptimConfig(lr=1.0, grad_clip=0.5))
+    trainable = engine.prepare("generator", [Part("generator", model, OptimConfig(lr=1.0, grad_clip=0.5))])
     (model(torch.ones(1, 4)) * 100).sum().backward()
-    norm = engine.step(trainable)
+    norm = engine.step(trainable)["generator"]
     assert norm == pytest.approx(200.0)
 
 

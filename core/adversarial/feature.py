@@ -12,6 +12,7 @@ import torch
 from einops import rearrange, reduce
 from torch import nn
 
+from potstill.core import parallel
 from potstill.core.adversarial.losses import (
     ApproxR1Scaling,
     GANLoss,
@@ -96,7 +97,7 @@ class FeatureDiscriminator(nn.Module):
 
     def noised(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         t = self.draw_times(x.shape[0]).to(x)
-        return self.network.schedule.add_noise(x, torch.randn_like(x), t), t
+        return self.network.schedule.add_noise(x, parallel.randn_like(x), t), t
 
     def logits(self, x: torch.Tensor, cond) -> torch.Tensor:
         return self.logits_at(*self.noised(x), cond)

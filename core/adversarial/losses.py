@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from potstill.core import parallel
 from potstill.core.tensors import sample_sum
 
 GANLoss = Literal["non_saturating", "hinge"]
@@ -52,7 +53,7 @@ def approximate_r1_penalty(logits_of: Callable[[torch.Tensor], torch.Tensor], re
     """APT's mean (D(x + sigma n) - D(x))^2 on real inputs; `divided` divides the difference by sigma
     (Self-Forcing's form, which approximates R1 itself as sigma -> 0)."""
     real = real.detach()
-    difference = logits_of(real + sigma * torch.randn_like(real)) - logits_of(real)
+    difference = logits_of(real + sigma * parallel.randn_like(real)) - logits_of(real)
     if scaling == "divided":
         difference = difference / sigma
     return (difference**2).mean()

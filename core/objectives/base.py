@@ -9,6 +9,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from potstill.core import parallel
 from potstill.core.denoiser import Denoiser
 from potstill.core.schedules import Schedule
 from potstill.core.time_draws import draw_times
@@ -49,7 +50,7 @@ class Objective(nn.Module):
     def noisy(self, x: torch.Tensor, schedule: Schedule) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(t, eps, x_t): the times and noise at which the generator loss compares the scores."""
         t = draw_times(self.options, schedule, x.shape[0]).to(x)
-        eps = torch.randn_like(x)
+        eps = parallel.randn_like(x)
         return t, eps, schedule.add_noise(x, eps, t)
 
     def generator_loss(self, x: torch.Tensor, cond, teacher: Denoiser, fake: Denoiser | None,

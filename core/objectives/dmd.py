@@ -14,6 +14,7 @@ from typing import Literal
 import torch
 from safetensors.torch import load_file, save_file
 
+from potstill.core import parallel
 from potstill.core.denoiser import Denoiser
 from potstill.core.objectives.dmd2 import DMD2, DMD2Options
 from potstill.core.registry import OBJECTIVES
@@ -86,8 +87,8 @@ class DMD(DMD2):
         """lambda_reg * mean d(G(z_ref), y_ref) over the next `batch` cached pairs, cycling through them."""
         if self.pairs is None:
             self.pairs = self.load_pairs(teacher, device)
-        index = (torch.arange(batch) + int(self.cursor)) % self.options.pairs
-        self.cursor.fill_(int(index[-1] + 1) % self.options.pairs)
+        index = parallel.draw_local(lambda n: (torch.arange(n) + int(self.cursor)) % self.options.pairs, batch)
+        self.cursor.fill_((int(self.cursor) + batch * parallel.PLACE.world_size) % self.options.pairs)
         cond = self.pairs["cond"][index].to(device) if "cond" in self.pairs else None
         out = self._generator[0](self.pairs["noise"][index].to(device), cond).float()
         distance = regression_distance(out, self.pairs["target"][index].to(device), self.options.regression_distance,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from potstill.core import parallel
 from potstill.core.denoiser import Denoiser
 from potstill.core.objectives.sid import SiD, SiDOptions
 from potstill.core.registry import OBJECTIVES
@@ -49,8 +50,8 @@ class SiDA(SiD):
         schedule = fake.schedule
         real_x, real_cond = real
         x = x.detach()
-        t = schedule.sample_dsm_t(x.shape[0]).to(x)
-        noise = torch.randn_like(x)
+        t = parallel.draw_local(schedule.sample_dsm_t, x.shape[0]).to(x)
+        noise = parallel.randn_like(x)
         dsm = self.reduce_fake_loss(fake.dsm_loss(x, cond, guidance=self.fake_training_guidance, t=t, eps=noise), x)
         x_t = schedule.add_noise(x, noise, t)
         real_t = schedule.add_noise(real_x, noise, t)

@@ -1,0 +1,214 @@
+"""DeepSpeed behind the Engine interface: each Trainable is a DeepSpeed engine (ZeRO 0-3), a frozen
+teacher with `shard: true` is a ZeRO-3 engine without optimizer (its parameters split across ranks and
+gathered layer by layer in forward and backward), and checkpoints are DeepSpeed's own.
+
+Runs on GPUs with NCCL and on CPUs with gloo (DeepSpeed picks its CPU accelerator when no GPU is there)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from potstill.core import parallel
+from potstill.core.config import ConfigError, TrainConfig
+from potstill.core.engine import Engine, NonFiniteError, Part, Trainable, check_finite_loss, resolve_device
+from potstill.core.registry import ENGINES
+
+DEEPSPEED_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "deepspeed"
+CHECKPOINT_FOLDER = "deepspeed"
+TAG = "state"
+
+
+@dataclass
+class DeepSpeedOptions:
+    """`zero_stage` for the trained models; `config_file` (a DeepSpeed JSON, looked up as given, then
+    under configs/deepspeed/) adds any other DeepSpeed setting beneath the ones potstill sets."""
+
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    config_file: str | None = None
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+def read_deepspeed_json(name: str | None) -> dict:
+    if name is None:
+        return {}
+    path = Path(name)
+    if not path.is_file():
+        path = DEEPSPEED_CONFIGS / name
+    if not path.is_file():
+        raise ConfigError(f"engine.config_file: {name} not found (looked in the working folder and "
+                          f"{DEEPSPEED_CONFIGS})")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"engine.config_file: {path} is not valid JSON ({error})") from None
+
+
+def _merge(base: dict, override: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _is_partitioned(tensor: torch.Tensor) -> bool:
+    return hasattr(tensor, "ds_id")
+
+
+class DeepSpeedEngine(Engine):
+    """One DeepSpeed engine per Trainable; global batch split over ranks and micro-batches."""
+
+    steps_parts_alone = False     # ZeRO keeps flat gradient buffers: every part of an engine steps
+
+    def __init__(self, options: DeepSpeedOptions | None = None, train: TrainConfig | None = None) -> None:
+        super().__init__(train)
+        import deepspeed
+
+        self.deepspeed = deepspeed
+        self.options = options or DeepSpeedOptions()
+        self.user_config = read_deepspeed_json(self.options.config_file)
+        backend = self.options.backend
+        if backend == "auto":
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if not torch.distributed.is_initialized():
+            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+            os.environ.setdefault("MASTER_PORT", "29500")
+            os.environ.setdefault("RANK", "0")
+            os.environ.setdefault("LOCAL_RANK", "0")
+            os.environ.setdefault("WORLD_SIZE", "1")
+            deepspeed.init_distributed(dist_backend=backend)
+        self.rank = torch.distributed.get_rank()
+        self.world_size = torch.distributed.get_world_size()
+        parallel.set_place(self.rank, self.world_size)
+        self.device = resolve_device(self.options.device)
+        if self.device.type == "cuda":
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(self.device)
+        self.micro_batch = parallel.local_batch_size(self.train.batch_size) // self.train.grad_accum
+        self._frozen_engines: list[Any] = []
+
+    def _config(self, stage: int, grad_clip: float | None) -> dict:
+        ours = {
+            "train_micro_batch_size_per_gpu": self.micro_batch,
+            "gradient_accumulation_steps": self.train.grad_accum,
+            "gradient_clipping": grad_clip or 0.0,
+            "zero_optimization": {"stage": stage},
+            "zero_allow_untested_optimizer": True,
+            "steps_per_print": 2**62,
+            "wall_clock_breakdown": False,
+        }
+        base = {"zero_optimization": {"stage3_param_persistence_threshold": 0}}
+        return _merge(_merge(base, self.user_config), ours)
+
+    def prepare(self, name: str, parts: list[Part]) -> Trainable:
+        groups = []
+        for part in parts:
+            params = part.trained_parameters()
+            if not params:
+                raise ValueError(f"{part.name}: has no trainable parameters")
+            o = part.optim
+            groups.append({"params": params, "lr": o.lr, "betas": tuple(o.betas), "weight_decay": o.weight_decay,
+                           "eps": o.eps})
+        clips = [p.optim.grad_clip for p in parts if p.optim.grad_clip]
+        module = parts[0].module if len(parts) == 1 else nn.ModuleDict({p.name: p.module for p in parts})
+        engine, *_ = self.deepspeed.initialize(model=module, optimizer=torch.optim.AdamW(groups),
+                                               config=self._config(self.options.zero_stage, min(clips, default=None)))
+        return Trainable(name, parts, engine)
+
+    def prepare_frozen(self, name: str, module: nn.Module, shard: bool) -> nn.Module:
+        module = module.to(self.device)
+        if shard and any(True for _ in module.parameters()):
+            engine, *_ = self.deepspeed.initialize(model=module, config=self._config(3, None))
+            self._frozen_engines.append(engine)
+        return module
+
+    def partitions_trained(self) -> bool:
+        return self.options.zero_stage == 3
+
+    def parameter_share(self, module: nn.Module) -> tuple[int, int]:
+        local = sum(p.ds_tensor.numel() if _is_partitioned(p) else p.numel() for p in module.parameters())
+        total = sum(p.ds_numel if _is_partitioned(p) else p.numel() for p in module.parameters())
+        return local, total
+
+    def backward(self, trainable: Trainable, loss: torch.Tensor, what: str) -> None:
+        check_finite_loss(loss, what, self.step_index)
+        engine = trainable.backend
+        engine.backward(loss)
+        if not engine.is_gradient_accumulation_boundary():
+            engine.step()
+
+    def step(self, trainable: Trainable) -> dict[str, float]:
+        engine = trainable.backend
+        engine.step()
+        norm = engine.get_global_grad_norm()
+        norm = float(norm) if norm is not None else 0.0
+        if norm != norm or norm in (float("inf"), float("-inf")):
+            names = ", ".join(p.name for p in trainable.parts)
+            raise NonFiniteError(f"{names}: gradient norm is {norm} at step {self.step_index} "
+                                 "(DeepSpeed has applied it; resume from the last checkpoint)")
+        return {trainable.parts[0].name if len(trainable.parts) == 1 else trainable.name: norm}
+
+    def full_state_dict(self, module: nn.Module) -> dict[str, torch.Tensor]:
+        state = {}
+        for key, tensor in module.state_dict(keep_vars=True).items():
+            if _is_partitioned(tensor):
+                with self.deepspeed.zero.GatheredParameters([tensor]):
+                    if self.is_main:
+                        state[key] = tensor.detach().cpu().clone()
+            elif self.is_main:
+                state[key] = tensor.detach().cpu().clone()
+        return state
+
+    def load_full_state_dict(self, module: nn.Module, state: dict[str, torch.Tensor]) -> None:
+        own = module.state_dict(keep_vars=True)
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise KeyError(f"weights do not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        for key, tensor in own.items():
+            if _is_partitioned(tensor):
+                with self.deepspeed.zero.GatheredParameters([tensor], modifier_rank=0), torch.no_grad():
+                    tensor.copy_(state[key])
+            else:
+                with torch.no_grad():
+                    tensor.copy_(state[key])
+
+    def save_training_state(self, folder: Path, trainables: list[Trainable]) -> dict:
+        for t in trainables:
+            t.backend.save_checkpoint(str(folder / CHECKPOINT_FOLDER / t.name), tag=TAG, save_latest=False)
+        return {}
+
+    def load_training_state(self, folder: Path, trainables: list[Trainable], saved: dict) -> None:
+        for t in trainables:
+            path = folder / CHECKPOINT_FOLDER / t.name
+            if not (path / TAG).is_dir():
+                raise FileNotFoundError(f"{path}: no DeepSpeed checkpoint for {t.name!r}; was the run trained with "
+                                        "engine.kind deepspeed?")
+            t.backend.load_checkpoint(str(path), tag=TAG, load_optimizer_states=True, load_lr_scheduler_states=False)
+
+    def reduce_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
+        keys = sorted(metrics)
+        values = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(values)
+        return {k: (v / self.world_size).item() for k, v in zip(keys, values, strict=True)}
+
+    def barrier(self) -> None:
+        torch.distributed.barrier()
+
+    def broadcast(self, value: Any) -> Any:
+        box = [value]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+ENGINES.register("deepspeed", DeepSpeedOptions)(DeepSpeedEngine)

@@ -1,0 +1,63 @@
+"""This process's place in data parallelism, and random draws that match a single-process run.
+
+Every rank keeps the same RNG state and draws the global batch, then keeps its own rows. A run on N
+ranks therefore sees exactly the noise, times and data of a one-process run with the same global
+batch, which is what makes multi-rank runs testable against single-process ones."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import torch
+
+T = TypeVar("T")
+
+
+@dataclass
+class DataParallel:
+    """Rank and world size of this process; (0, 1) outside a distributed launch."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    def rows(self, n_local: int) -> slice:
+        """This rank's rows of a global batch of `n_local * world_size`."""
+        return slice(self.rank * n_local, (self.rank + 1) * n_local)
+
+
+PLACE = DataParallel()
+
+
+def set_place(rank: int, world_size: int) -> None:
+    """Set by the engine once the process group exists."""
+    PLACE.rank, PLACE.world_size = rank, world_size
+
+
+def local_batch_size(global_batch: int, key: str = "train.batch_size") -> int:
+    """The per-rank share of a global batch; it must divide evenly."""
+    if global_batch % PLACE.world_size:
+        raise ValueError(f"{key}: {global_batch} does not split evenly over {PLACE.world_size} ranks")
+    return global_batch // PLACE.world_size
+
+
+def take_rows(value: T, rows: slice) -> T:
+    """Rows of a batch: a tensor, or the tensors of a dict, tuple or list; None stays None."""
+    if isinstance(value, dict):
+        return {k: take_rows(v, rows) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return type(value)(take_rows(v, rows) for v in value)
+    return value[rows] if isinstance(value, torch.Tensor) else value
+
+
+def draw_local(draw: Callable[[int], T], n_local: int) -> T:
+    """`draw(n)` for the global batch, this rank's rows of it."""
+    if PLACE.world_size == 1:
+        return draw(n_local)
+    return take_rows(draw(n_local * PLACE.world_size), PLACE.rows(n_local))
+
+
+def randn_like(x: torch.Tensor) -> torch.Tensor:
+    """Standard normal noise shaped like the local batch `x`, the same rows a one-process run draws."""
+    return draw_local(lambda n: torch.randn((n, *x.shape[1:]), dtype=x.dtype, device=x.device), x.shape[0])
