@@ -37,12 +37,13 @@ NETWORK = DiTOptions(input_size=16, patch_size=2, in_channels=4, hidden_size=192
                      num_classes=10, learn_sigma=False)
 
 
-def write_teacher(folder: Path) -> Path:
+def write_teacher(folder: Path, network: DiTOptions = NETWORK) -> Path:
+    """A randomly initialised DiT teacher file with potstill's metadata, for timing and memory runs."""
     torch.manual_seed(0)
-    model = DiT(NETWORK)
+    model = DiT(network)
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.02)
-    meta = {"dit": asdict(NETWORK), "schedule": "edm", "prediction": "edm", "sigma_data": 0.5}
+    meta = {"dit": asdict(network), "schedule": "edm", "prediction": "edm", "sigma_data": 0.5}
     path = folder / "teacher.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path, metadata={"potstill": json.dumps(meta)})
     return path

@@ -144,6 +144,9 @@ class DeepSpeedEngine(Engine):
     def backward(self, trainable: Trainable, loss: torch.Tensor, what: str) -> None:
         check_finite_loss(loss, what, self.step_index)
         engine = trainable.backend
+        start_micro_step = getattr(engine.optimizer, "clear_backward_seen_flag", None)
+        if start_micro_step is not None:
+            start_micro_step()   # what DeepSpeed's engine.forward() does; potstill calls the models' own methods
         engine.backward(loss)
         if not engine.is_gradient_accumulation_boundary():
             engine.step()

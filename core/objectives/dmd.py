@@ -75,8 +75,8 @@ class DMD(DMD2):
                 raise ValueError(f"objective.pairs_file: {path} holds {len(pairs.get('noise', []))} pairs, "
                                  f"the config asks for {self.options.pairs}; delete the file to remake it")
             return pairs
-        pairs = self.make_pairs(teacher, device)
-        if path is not None:
+        pairs = self.make_pairs(teacher, device)      # every rank makes them (a sharded teacher runs on all)
+        if path is not None and parallel.PLACE.rank == 0:
             path.parent.mkdir(parents=True, exist_ok=True)
             partial = path.with_name(path.name + ".partial")
             save_file({k: v.contiguous() for k, v in pairs.items()}, partial)

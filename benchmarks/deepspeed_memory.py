@@ -1,0 +1,160 @@
+"""Per-rank memory and step time of a DMD2 step on a large DiT: 1 process on the plain engine against
+2 ranks on DeepSpeed ZeRO-3 with the teacher sharded (teacher, fake score and one-step student the same
+DiT, as in real distillation). Each setting runs in its own processes, one after the other.
+
+    python benchmarks/deepspeed_memory.py [--hidden 768] [--depth 16] [--batch 4] [--steps 3]
+
+Reports per rank: teacher bytes held, bytes of all models held, peak resident memory while building
+and while stepping (CPU: VmHWM, reset after set-up; GPU: max allocated), and seconds per step.
+Writes benchmarks/results/deepspeed_memory.json and .md."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from distill_step import write_teacher  # benchmarks/ is on the path when this file runs as a script
+
+import potstill  # noqa: F401  (registers components)
+from potstill.backbones.dit import DiTOptions
+from potstill.core.config import load_config
+from potstill.core.distiller import Distiller
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def peak_rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("/proc/self/status has no VmHWM")
+
+
+def reset_peak() -> None:
+    Path("/proc/self/clear_refs").write_text("5")
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_bytes() -> int:
+    return torch.cuda.max_memory_allocated() if torch.cuda.is_available() else peak_rss_bytes()
+
+
+def worker(args: argparse.Namespace) -> None:
+    engine = ({"kind": "deepspeed", "zero_stage": 3, "config_file": "zero3.json"} if args.engine == "deepspeed"
+              else "plain")
+    config = load_config(data={
+        "modality": {"kind": "image", "classifier": None},
+        "teacher": {"kind": "dit", "checkpoint": args.teacher, "shard": args.engine == "deepspeed"},
+        "generator": {"kind": "denoiser", "times": [80.0]},
+        "fake_score": "teacher_copy",
+        "objective": "dmd2",
+        "engine": engine,
+        "train": {"batch_size": args.batch, "generator_every": 1, "steps": 10**9, "progress": False},
+        "optim": {"generator": {"lr": 1e-5}, "fake_score": {"lr": 1e-5}},
+    })
+    distiller = Distiller(config)
+    e = distiller.engine
+    build_peak = peak_bytes()
+    reset_peak()
+    distiller.train_step()
+    e.barrier()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        distiller.train_step()
+    e.barrier()
+    seconds = (time.perf_counter() - start) / args.steps
+    models = [distiller.teacher, distiller.generator, distiller.fake_score, distiller.ema.model]
+    teacher_held, teacher_total = e.parameter_share(distiller.teacher)
+    row = {
+        "engine": args.engine, "ranks": e.world_size, "rank": e.rank,
+        "teacher_parameters": teacher_total, "teacher_bytes_held": 4 * teacher_held,
+        "model_bytes_held": 4 * sum(e.parameter_share(m)[0] for m in models),
+        "build_peak_bytes": build_peak, "step_peak_bytes": peak_bytes(), "sec_per_step": seconds,
+    }
+    Path(args.out).with_name(f"{Path(args.out).stem}_rank{e.rank}.json").write_text(json.dumps(row))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_setting(engine: str, teacher: Path, folder: Path, args: argparse.Namespace) -> list[dict]:
+    script = [str(Path(__file__).resolve()), "--worker", "--engine", engine, "--teacher", str(teacher),
+              "--batch", str(args.batch), "--steps", str(args.steps), "--out", str(folder / f"{engine}.json")]
+    if engine == "deepspeed":
+        command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port",
+                   str(free_port()), *script]
+    else:
+        command = [sys.executable, *script]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"{engine} run failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
+    return [json.loads(p.read_text()) for p in sorted(folder.glob(f"{engine}_rank*.json"))]
+
+
+def write_results(rows: list[dict], meta: dict) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "deepspeed_memory.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    gib = 2**30
+    plain = next(r for r in rows if r["engine"] == "plain")
+    lines = [f"DMD2 step, DiT teacher of {plain['teacher_parameters'] / 1e6:.0f}M parameters (fake score and "
+             f"student the same size), global batch {meta['batch']}, {meta['device']}.", "",
+             "| setting | rank | teacher held (GiB) | all models held (GiB) | peak while building (GiB) | "
+             "peak while stepping (GiB) | s/step |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        setting = "plain, 1 process" if r["engine"] == "plain" else f"DeepSpeed ZeRO-3, {r['ranks']} ranks"
+        lines.append(f"| {setting} | {r['rank']} | {r['teacher_bytes_held'] / gib:.3f} | "
+                     f"{r['model_bytes_held'] / gib:.3f} | {r['build_peak_bytes'] / gib:.2f} | "
+                     f"{r['step_peak_bytes'] / gib:.2f} | {r['sec_per_step']:.2f} |")
+    ds = [r for r in rows if r["engine"] == "deepspeed"]
+    lines += ["", f"Teacher share per rank: {ds[0]['teacher_bytes_held'] / plain['teacher_bytes_held']:.3f} of the "
+              f"whole; stepping peak per rank: {max(r['step_peak_bytes'] for r in ds) / plain['step_peak_bytes']:.2f} "
+              "of the single process's; step time ratio (2 ranks / 1 process): "
+              f"{max(r['sec_per_step'] for r in ds) / plain['sec_per_step']:.2f}.",
+              "CPU peaks are resident set sizes (they include the Python and torch runtime, ~0.5 GiB)."]
+    (RESULTS / "deepspeed_memory.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hidden", type=int, default=768)
+    parser.add_argument("--depth", type=int, default=16)
+    parser.add_argument("--heads", type=int, default=12)
+    parser.add_argument("--input-size", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--engine", choices=["plain", "deepspeed"], help=argparse.SUPPRESS)
+    parser.add_argument("--teacher", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--local_rank", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args)
+        return
+    network = DiTOptions(input_size=args.input_size, patch_size=2, in_channels=4, hidden_size=args.hidden,
+                         depth=args.depth, num_heads=args.heads, num_classes=10, learn_sigma=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        teacher = write_teacher(folder, network)
+        rows = run_setting("plain", teacher, folder, args) + run_setting("deepspeed", teacher, folder, args)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor() or 'x86'})"
+    write_results(rows, {"batch": args.batch, "steps": args.steps, "device": device, "network": vars(network),
+                         "torch": torch.__version__})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""DeepSpeed with 2 ranks on gloo (CPU): the teacher is split in half and answers as the whole one does,
+a 2-rank distillation logs the losses of the single-process run with the same global batch, and a run
+killed mid-way resumes on the same loss curve. Each launch costs ~20 s of start-up, so they are few."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from potstill.core.config import load_config
+from potstill.runs import distill, open_run
+from tests_support import CONFIGS, ROOT, logged_losses
+
+DIGITS = CONFIGS / "image" / "digits_dmd2_deepspeed.yaml"
+MIXTURE = CONFIGS / "vector" / "gmm_dmd2_deepspeed.yaml"
+QUICK = ["train.progress=false", "train.log_every=1", "eval.n_samples=100", "eval.batch_size=100",
+         "train.sample_every=0"]
+DIGITS_RUN = [*QUICK, "train.steps=12", "train.checkpoint_every=3", "train.batch_size=16", "train.grad_accum=2",
+              "train.activation_checkpointing=true"]
+MIXTURE_RUN = [*QUICK, "train.steps=20", "train.checkpoint_every=0"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(free_port()),
+            *args]
+
+
+def distill_command(config: Path, out: Path, overrides: list[str], resume: bool = False) -> list[str]:
+    return launch_command("--module", "potstill.launch", str(config), "--out", str(out),
+                          *(["--resume"] if resume else []), "--set", *overrides)
+
+
+def run_launch(command: list[str], cwd: Path) -> str:
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+def plain_losses(config: Path, overrides: list[str], out: Path) -> list[dict]:
+    distill(load_config(config, [*overrides, "engine=plain"]), out)
+    return logged_losses(out)
+
+
+def assert_same_losses(multi: list[dict], single: list[dict]) -> None:
+    """Every scalar both runs log agrees (DeepSpeed logs one joint norm for a critic of two parts, the
+    plain engine one per part, so those are not compared)."""
+    assert [row["step"] for row in multi] == [row["step"] for row in single]
+    for a, b in zip(multi, single, strict=True):
+        keys = sorted(a.keys() & b.keys())
+        assert len(keys) > 2
+        for key in keys:
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), f"step {a['step']} {key}"
+
+
+@pytest.fixture(scope="module")
+def digits_two_ranks(tmp_path_factory) -> Path:
+    """The reference 2-rank digits DMD2 run: sharded teacher, ZeRO-3 student and critic, 2 micro-batches."""
+    out = tmp_path_factory.mktemp("ds") / "digits"
+    stdout = run_launch(distill_command(DIGITS, out, DIGITS_RUN), ROOT)
+    assert "rank 0/2: teacher parameters held" in stdout and "rank 1/2: teacher parameters held" in stdout
+    return out
+
+
+def test_sharded_teacher_holds_half_and_answers_as_the_whole(tmp_path):
+    script = ROOT / "tests" / "distributed" / "sharded_teacher.py"
+    run_launch(launch_command(str(script), str(tmp_path)), ROOT)
+    reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    total = reports[0]["total"]
+    assert sum(r["held"] for r in reports) >= total
+    for r in reports:
+        assert r["world_size"] == 2 and r["whole_held"] == total
+        assert r["held"] == pytest.approx(total / 2, rel=0.01)
+        assert r["x0_max_difference"] <= 1e-5 * r["x0_scale"]
+        assert r["grad_max_difference"] <= 1e-5 * r["grad_scale"]
+
+
+def test_two_ranks_distill_the_mixture_as_one_process(tmp_path):
+    run_launch(distill_command(MIXTURE, tmp_path / "two", MIXTURE_RUN), ROOT)
+    assert_same_losses(logged_losses(tmp_path / "two"), plain_losses(MIXTURE, MIXTURE_RUN, tmp_path / "one"))
+
+
+def test_two_ranks_distill_digits_as_one_process(digits_two_ranks, tmp_path):
+    report = json.loads((digits_two_ranks / "report.json").read_text())
+    teacher = report["teacher_parameters"]
+    assert teacher["ranks"] == 2 and teacher["main_rank_holds"] == pytest.approx(teacher["total"] / 2, rel=0.01)
+    assert_same_losses(logged_losses(digits_two_ranks), plain_losses(DIGITS, DIGITS_RUN, tmp_path / "one"))
+
+
+def test_killed_run_resumes_on_the_same_loss_curve(digits_two_ranks, tmp_path):
+    out = tmp_path / "killed"
+    process = subprocess.Popen(distill_command(DIGITS, out, DIGITS_RUN), cwd=ROOT, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (out / "checkpoints" / "latest").is_file() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (out / "report.json").exists(), "the run finished before it could be killed"
+    stopped_at = int((out / "checkpoints" / "latest").read_text().split("_")[1])
+    assert 0 < stopped_at < 12
+    run_launch(distill_command(DIGITS, out, DIGITS_RUN, resume=True), ROOT)
+    assert logged_losses(out) == logged_losses(digits_two_ranks)
+
+
+def test_deepspeed_run_samples_without_deepspeed(digits_two_ranks):
+    distiller = open_run(digits_two_ranks)
+    assert distiller.config.engine.kind == "plain" and distiller.step == 12
+    noise, cond = distiller.fixed_inputs(8)
+    with torch.no_grad():
+        samples = distiller.ema.model.sample(noise, cond)
+    assert samples.shape == (8, 1, 8, 8) and torch.isfinite(samples).all()
