@@ -18,7 +18,15 @@ from torch import nn
 
 from potstill.core import parallel
 from potstill.core.config import ConfigError, TrainConfig
-from potstill.core.engine import Engine, NonFiniteError, Part, Trainable, check_finite_loss, resolve_device
+from potstill.core.engine import (
+    Engine,
+    NonFiniteError,
+    Part,
+    Trainable,
+    adamw_groups,
+    check_finite_loss,
+    resolve_device,
+)
 from potstill.core.registry import ENGINES
 
 DEEPSPEED_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "deepspeed"
@@ -112,17 +120,9 @@ class DeepSpeedEngine(Engine):
         return _merge(_merge(base, self.user_config), ours)
 
     def prepare(self, name: str, parts: list[Part]) -> Trainable:
-        groups = []
-        for part in parts:
-            params = part.trained_parameters()
-            if not params:
-                raise ValueError(f"{part.name}: has no trainable parameters")
-            o = part.optim
-            groups.append({"params": params, "lr": o.lr, "betas": tuple(o.betas), "weight_decay": o.weight_decay,
-                           "eps": o.eps})
         clips = [p.optim.grad_clip for p in parts if p.optim.grad_clip]
         module = parts[0].module if len(parts) == 1 else nn.ModuleDict({p.name: p.module for p in parts})
-        engine, *_ = self.deepspeed.initialize(model=module, optimizer=torch.optim.AdamW(groups),
+        engine, *_ = self.deepspeed.initialize(model=module, optimizer=torch.optim.AdamW(adamw_groups(parts)),
                                                config=self._config(self.options.zero_stage, min(clips, default=None)))
         return Trainable(name, parts, engine)
 

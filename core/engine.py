@@ -44,6 +44,19 @@ class Trainable:
     backend: Any
 
 
+def adamw_groups(parts: list[Part]) -> list[dict]:
+    """One AdamW parameter group per part, with that part's settings."""
+    groups = []
+    for part in parts:
+        params = part.trained_parameters()
+        if not params:
+            raise ValueError(f"{part.name}: has no trainable parameters")
+        o = part.optim
+        groups.append({"params": params, "lr": o.lr, "betas": tuple(o.betas), "weight_decay": o.weight_decay,
+                       "eps": o.eps})
+    return groups
+
+
 def check_finite_loss(loss: torch.Tensor, what: str, step: int) -> None:
     if not torch.isfinite(loss):
         raise NonFiniteError(f"{what} loss is {loss.item()} at step {step}")
@@ -144,15 +157,7 @@ class PlainEngine(Engine):
         self.device = resolve_device((options or PlainOptions()).device)
 
     def prepare(self, name: str, parts: list[Part]) -> Trainable:
-        groups = []
-        for part in parts:
-            params = part.trained_parameters()
-            if not params:
-                raise ValueError(f"{part.name}: has no trainable parameters")
-            o = part.optim
-            groups.append({"params": params, "lr": o.lr, "betas": tuple(o.betas), "weight_decay": o.weight_decay,
-                           "eps": o.eps})
-        return Trainable(name, parts, torch.optim.AdamW(groups))
+        return Trainable(name, parts, torch.optim.AdamW(adamw_groups(parts)))
 
     def prepare_frozen(self, name: str, module: nn.Module, shard: bool) -> nn.Module:
         return module.to(self.device)
