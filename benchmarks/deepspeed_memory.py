@@ -32,11 +32,12 @@ from potstill.core.distiller import Distiller
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def peak_rss_bytes() -> int:
+def status_bytes(field: str) -> int:
+    """A memory figure of this process from /proc/self/status (VmHWM: peak resident, VmRSS: resident now)."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
-    raise RuntimeError("/proc/self/status has no VmHWM")
+    raise RuntimeError(f"/proc/self/status has no {field}")
 
 
 def held_bytes() -> int:
@@ -44,10 +45,7 @@ def held_bytes() -> int:
     if torch.cuda.is_available():
         return torch.cuda.memory_allocated()
     ctypes.CDLL("libc.so.6").malloc_trim(0)
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("/proc/self/status has no VmRSS")
+    return status_bytes("VmRSS")
 
 
 def reset_peak() -> None:
@@ -59,7 +57,7 @@ def reset_peak() -> None:
 
 
 def peak_bytes() -> int:
-    return torch.cuda.max_memory_allocated() if torch.cuda.is_available() else peak_rss_bytes()
+    return torch.cuda.max_memory_allocated() if torch.cuda.is_available() else status_bytes("VmHWM")
 
 
 def worker(args: argparse.Namespace) -> None:

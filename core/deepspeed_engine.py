@@ -6,7 +6,6 @@ Runs on GPUs with NCCL and on CPUs with gloo (DeepSpeed picks its CPU accelerato
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ import torch
 from torch import nn
 
 from potstill.core import parallel
-from potstill.core.config import ConfigError, TrainConfig
+from potstill.core.config import ConfigError, TrainConfig, deep_merge
 from potstill.core.engine import (
     Engine,
     NonFiniteError,
@@ -60,16 +59,6 @@ def read_deepspeed_json(name: str | None) -> dict:
         raise ConfigError(f"engine.config_file: {path} is not valid JSON ({error})") from None
 
 
-def _merge(base: dict, override: dict) -> dict:
-    merged = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
 def _is_partitioned(tensor: torch.Tensor) -> bool:
     return hasattr(tensor, "ds_id")
 
@@ -103,7 +92,6 @@ class DeepSpeedEngine(Engine):
         if self.device.type == "cuda":
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
             torch.cuda.set_device(self.device)
-        self.micro_batch = parallel.local_batch_size(self.train.batch_size) // self.train.grad_accum
         self._frozen_engines: list[Any] = []
 
     def _config(self, stage: int, grad_clip: float | None) -> dict:
@@ -117,7 +105,7 @@ class DeepSpeedEngine(Engine):
             "wall_clock_breakdown": False,
         }
         base = {"zero_optimization": {"stage3_param_persistence_threshold": 0}}
-        return _merge(_merge(base, self.user_config), ours)
+        return deep_merge(deep_merge(base, self.user_config), ours)
 
     def prepare(self, name: str, parts: list[Part]) -> Trainable:
         clips = [p.optim.grad_clip for p in parts if p.optim.grad_clip]

@@ -94,14 +94,9 @@ class Distiller:
         self.config = config
         self.run_dir = Path(run_dir) if run_dir is not None else None
         seed_everything(config.train.seed)
-        if config.train.grad_accum < 1:
-            raise ValueError(f"train.grad_accum: must be at least 1, got {config.train.grad_accum}")
         engine_entry = reg.ENGINES.get(config.engine.kind, "engine.kind")
         self.engine: Engine = engine_entry.builder(config.engine.options, config.train)
-        self.micro_batch = parallel.local_batch_size(config.train.batch_size) // config.train.grad_accum
-        if self.micro_batch * config.train.grad_accum * self.engine.world_size != config.train.batch_size:
-            raise ValueError(f"train.batch_size: {config.train.batch_size} does not split into "
-                             f"{self.engine.world_size} ranks x {config.train.grad_accum} micro-batches (grad_accum)")
+        self.micro_batch = self.engine.micro_batch
         context = BuildContext(config, self.engine)
         context.teacher = _build(reg.TEACHERS, config.teacher, context, "teacher.kind")
         self.teacher = context.teacher.requires_grad_(False).eval()

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from potstill.core import parallel
 from potstill.core.config import OptimConfig, TrainConfig
 from potstill.core.registry import ENGINES
 
@@ -77,6 +78,11 @@ class Engine(ABC):
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    @property
+    def micro_batch(self) -> int:
+        """Rows of one micro-batch on this rank."""
+        return parallel.micro_batch_size(self.train.batch_size, self.train.grad_accum)
 
     @abstractmethod
     def prepare(self, name: str, parts: list[Part]) -> Trainable:

@@ -12,6 +12,8 @@ from typing import TypeVar
 
 import torch
 
+from potstill.core.tensors import map_tensors
+
 T = TypeVar("T")
 
 
@@ -42,13 +44,20 @@ def local_batch_size(global_batch: int, key: str = "train.batch_size") -> int:
     return global_batch // PLACE.world_size
 
 
+def micro_batch_size(global_batch: int, grad_accum: int) -> int:
+    """Per-rank rows of one micro-batch: the global batch split over ranks and `grad_accum` micro-batches."""
+    if grad_accum < 1:
+        raise ValueError(f"train.grad_accum: must be at least 1, got {grad_accum}")
+    local = local_batch_size(global_batch)
+    if local % grad_accum:
+        raise ValueError(f"train.batch_size: {global_batch} does not split into {PLACE.world_size} ranks x "
+                         f"{grad_accum} micro-batches (grad_accum)")
+    return local // grad_accum
+
+
 def take_rows(value: T, rows: slice) -> T:
     """Rows of a batch: a tensor, or the tensors of a dict, tuple or list; None stays None."""
-    if isinstance(value, dict):
-        return {k: take_rows(v, rows) for k, v in value.items()}
-    if isinstance(value, tuple | list):
-        return type(value)(take_rows(v, rows) for v in value)
-    return value[rows] if isinstance(value, torch.Tensor) else value
+    return map_tensors(value, lambda tensor: tensor[rows])
 
 
 def draw_local(draw: Callable[[int], T], n_local: int) -> T:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from einops import rearrange, reduce
 
@@ -15,13 +17,18 @@ def per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return rearrange(values, pattern)
 
 
+def map_tensors(value, fn: Callable[[torch.Tensor], torch.Tensor]):
+    """`fn` applied to a tensor, or to the tensors in a dict, tuple or list; anything else is returned as is."""
+    if isinstance(value, dict):
+        return {k: map_tensors(v, fn) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return type(value)(map_tensors(v, fn) for v in value)
+    return fn(value) if isinstance(value, torch.Tensor) else value
+
+
 def to_device(value, device: torch.device | str):
     """Move a tensor, or the tensors in a dict, tuple or list, to `device`; anything else is returned as is."""
-    if isinstance(value, dict):
-        return {k: to_device(v, device) for k, v in value.items()}
-    if isinstance(value, tuple | list):
-        return type(value)(to_device(v, device) for v in value)
-    return value.to(device) if isinstance(value, torch.Tensor) else value
+    return map_tensors(value, lambda tensor: tensor.to(device))
 
 
 def sample_mean(x: torch.Tensor) -> torch.Tensor:

@@ -120,3 +120,11 @@ def test_an_engine_that_steps_all_parts_refuses_a_sparser_discriminator(monkeypa
     monkeypatch.setattr(PlainEngine, "steps_parts_alone", False)     # as the DeepSpeed engine
     with pytest.raises(ValueError, match=r"train.discriminator_every: under DeepSpeed"):
         Distiller(load_config(CONFIGS / "image" / "digits_dmd2.yaml", ["train.discriminator_every=2"]))
+
+
+def test_micro_batches_that_do_not_split_name_the_key(second_of_two_ranks):
+    assert parallel.micro_batch_size(16, 2) == 4
+    with pytest.raises(ValueError, match=r"train.batch_size: 12 does not split into 2 ranks x 4 micro-batches"):
+        parallel.micro_batch_size(12, 4)
+    with pytest.raises(ValueError, match=r"train.grad_accum: must be at least 1, got 0"):
+        parallel.micro_batch_size(16, 0)
