@@ -1,4 +1,4 @@
-"""The `potstill` command: distill, sample, eval and demo."""
+"""The `potstill` command: distill, sample, eval, demo and data."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 import torch
+
+from potstill.data.commands import add_data_commands
 
 
 def _distill(args) -> None:
@@ -99,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--steps", type=int, default=None, help="override the demo's number of steps")
     p.set_defaults(func=_demo)
+
+    add_data_commands(sub)
     return parser
 
 

@@ -13,6 +13,8 @@ from torchvision.utils import save_image
 from potstill.core.config import load_config
 from potstill.core.evaluation import evaluate_teacher
 from potstill.core.samplers import default_solver
+from potstill.data.digits import pack_digits
+from potstill.data.shards import expand_shards
 from potstill.runs import distill
 
 TEACHER_NFE = (1, 2, 4, 8, 35)
@@ -45,9 +47,18 @@ def comparison_grid(distiller, path: Path, per_class: int = 8) -> Path:
     return path
 
 
+def ensure_real_shards(shards: str) -> None:
+    """Pack the digits into the shards the demo config streams, the first time."""
+    try:
+        expand_shards(shards)
+    except FileNotFoundError:
+        print(pack_digits().describe())
+
+
 def run_demo(out: Path, steps: int | None = None) -> dict:
     overrides = [f"train.steps={steps}"] if steps else []
     config = load_config(demo_config_path(), overrides)
+    ensure_real_shards(config.real_data.options.shards)
     out = Path(out)
     distiller = distill(config, out, resume=False) if not (out / "checkpoints").exists() else None
     if distiller is None:

@@ -92,6 +92,7 @@ class RunConfig:
     adversary: Component | None = None
     real_data: Component | None = None
     engine: Component | None = None
+    text_encoder: Component | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimGroup = field(default_factory=OptimGroup)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -106,6 +107,7 @@ COMPONENT_REGISTRIES: dict[str, reg.Registry] = {
     "adversary": reg.ADVERSARIES,
     "real_data": reg.DATASETS,
     "engine": reg.ENGINES,
+    "text_encoder": reg.TEXT_ENCODERS,
 }
 
 

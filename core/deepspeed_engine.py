@@ -188,6 +188,8 @@ class DeepSpeedEngine(Engine):
             t.backend.load_checkpoint(str(path), tag=TAG, load_optimizer_states=True, load_lr_scheduler_states=False)
 
     def reduce_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
+        if not metrics:
+            return {}
         keys = sorted(metrics)
         values = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=self.device)
         torch.distributed.all_reduce(values)
@@ -200,6 +202,14 @@ class DeepSpeedEngine(Engine):
         box = [value]
         torch.distributed.broadcast_object_list(box, src=0)
         return box[0]
+
+    def gather(self, value: Any) -> list[Any]:
+        values = [None] * self.world_size
+        torch.distributed.all_gather_object(values, value)
+        return values
+
+    def sum_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
+        return {k: v * self.world_size for k, v in self.reduce_metrics(metrics).items()}
 
 
 ENGINES.register("deepspeed", DeepSpeedOptions)(DeepSpeedEngine)

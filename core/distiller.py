@@ -40,6 +40,7 @@ class BuildContext:
     modality: Modality | None = None
     generator: Generator | None = None
     fake_score: nn.Module | None = None
+    text_encoder: nn.Module | None = None
 
 
 def _build(registry: reg.Registry, component, context: BuildContext, key: str):
@@ -98,6 +99,9 @@ class Distiller:
         self.engine: Engine = engine_entry.builder(config.engine.options, config.train)
         self.micro_batch = self.engine.micro_batch
         context = BuildContext(config, self.engine)
+        context.text_encoder = (_build(reg.TEXT_ENCODERS, config.text_encoder, context, "text_encoder.kind")
+                                if config.text_encoder is not None else None)
+        self.text_encoder = context.text_encoder
         context.teacher = _build(reg.TEACHERS, config.teacher, context, "teacher.kind")
         self.teacher = context.teacher.requires_grad_(False).eval()
         context.modality = _build(reg.MODALITIES, config.modality, context, "modality.kind")
@@ -178,8 +182,15 @@ class Distiller:
         return parallel.draw_local(self.draw_inputs, n)
 
     def next_real(self, n: int):
-        """This rank's rows of the next global batch of real samples, on the device."""
+        """This rank's rows of the next global batch of real samples, on the device (a stream that splits its
+        data by rank reads this rank's rows itself)."""
+        if self.real_data.splits_by_rank:
+            return to_device(self.real_data.next(n), self.engine.device)
         return to_device(parallel.draw_local(self.real_data.next, n), self.engine.device)
+
+    def data_metrics(self) -> dict[str, float]:
+        """The real-data stream's counters, summed over ranks."""
+        return self.engine.sum_metrics(self.real_data.metrics()) if self.real_data is not None else {}
 
     def _grad_norms(self, trainable: Trainable) -> dict[str, float]:
         return {GRAD_NORM_KEYS[name]: norm for name, norm in self.engine.step(trainable).items()}
@@ -268,7 +279,7 @@ class Distiller:
                 metrics = self.train_step()
                 bar.update(1)
                 if self.run_dir and (self.step % train.log_every == 0 or self.step == end):
-                    metrics = self.engine.reduce_metrics(metrics)
+                    metrics = self.engine.reduce_metrics(metrics) | self.data_metrics()
                     metrics["sec_per_step"] = (time.perf_counter() - start) / (self.step - first)
                     if log:
                         log.write(self.step, metrics)
@@ -309,6 +320,7 @@ class Distiller:
             ckpt.clear_folder(staging)
         self.engine.barrier()
         optimizers = self.engine.save_training_state(staging, self.trainables)
+        real_states = self.engine.gather(self.real_data.state_dict()) if self.real_data is not None else None
         self.engine.barrier()
         final = ckpt.final_folder(folder, self.step)
         if self.engine.is_main:
@@ -317,7 +329,7 @@ class Distiller:
                 "optimizers": optimizers,
                 "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
                         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-                "real_data": self.real_data.state_dict() if self.real_data is not None else None,
+                "real_data": real_states,
             }
             ckpt.write_checkpoint(staging, weights, state)
             ckpt.commit_checkpoint(folder, staging, final, self.config.train.keep_checkpoints)
@@ -340,7 +352,17 @@ class Distiller:
         if rng["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
         if self.real_data is not None:
-            self.real_data.load_state_dict(state["real_data"])
+            self.real_data.load_state_dict(self._own_stream_state(state["real_data"]))
+
+    def _own_stream_state(self, states: list[dict]) -> dict:
+        """This rank's saved stream state; a stream split by rank needs the world size it was saved with."""
+        if not self.real_data.splits_by_rank:
+            return states[0]
+        if len(states) != self.engine.world_size:
+            raise ValueError(f"real_data: the checkpoint holds the streams of {len(states)} ranks, this run has "
+                             f"{self.engine.world_size}; each rank reads its own shards, so resume on "
+                             f"{len(states)} ranks")
+        return states[self.engine.rank]
 
     def resume(self) -> bool:
         """Continue from the run directory's latest checkpoint; False when there is none."""
@@ -373,6 +395,8 @@ class Distiller:
                                                 self.engine.device)}
         local, total = self.engine.parameter_share(self.teacher)
         report["teacher_parameters"] = {"ranks": self.engine.world_size, "main_rank_holds": local, "total": total}
+        if self.real_data is not None and self.real_data.report():
+            report["real_data"] = self.real_data.report()
         if self.run_dir and self.engine.is_main:
             (self.run_dir / "report.json").write_text(json.dumps(report, indent=2))
         return report

@@ -143,6 +143,14 @@ class Engine(ABC):
         """The main rank's `value` on every rank."""
         return value
 
+    def gather(self, value: Any) -> list[Any]:
+        """Every rank's `value`, in rank order, on every rank."""
+        return [value]
+
+    def sum_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Counters summed over ranks (every rank must call this at the same step)."""
+        return metrics
+
 
 @dataclass
 class PlainOptions:

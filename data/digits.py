@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from einops import rearrange
 
+from potstill.core.real_data import RealData
 from potstill.core.registry import DATASETS
 
 
@@ -32,7 +33,7 @@ def embedded_path(name: str) -> Path:
     return path
 
 
-class RealSampleStream:
+class RealSampleStream(RealData):
     """Endless reshuffled epochs over an in-memory dataset, with a state that resumes it exactly."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor | None, seed: int) -> None:
@@ -71,3 +72,38 @@ class DigitsDataOptions:
 def build_digits_stream(options: DigitsDataOptions, context) -> RealSampleStream:
     images, labels = load_digits_tensors()
     return RealSampleStream(images, labels if options.conditional else None, context.config.train.seed + 1)
+
+
+DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+def export_digits(folder: Path) -> int:
+    """The 1797 digits as a folder the packer reads: `digit-NNNN.png` (8-bit grey) with its label
+    (`.cls`) and a caption (`.txt`, "a handwritten digit seven")."""
+    from PIL import Image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    images, labels = load_digits_tensors()
+    pixels = ((images[:, 0] + 1) / 2 * 255).round().to(torch.uint8).numpy()
+    for index, (image, label) in enumerate(zip(pixels, labels.tolist(), strict=True)):
+        stem = folder / f"digit-{index:04d}"
+        Image.fromarray(image, mode="L").save(stem.with_suffix(".png"))
+        stem.with_suffix(".cls").write_text(str(label))
+        stem.with_suffix(".txt").write_text(f"a handwritten digit {DIGIT_NAMES[label]}")
+    return len(pixels)
+
+
+DIGITS_SHARD_PATTERN = "runs/data/digits/digits-%06d.tar"    # what digits_dmd2.yaml and digits_apt.yaml read
+
+
+def pack_digits(pattern: str = DIGITS_SHARD_PATTERN, maxcount: int = 300):
+    """The digits exported and packed into shards (6 of 300 samples by default), as a user would with
+    `potstill data digits` and `potstill data pack`."""
+    import tempfile
+
+    from potstill.data.pack import pack
+
+    with tempfile.TemporaryDirectory() as folder:
+        export_digits(Path(folder))
+        return pack(Path(folder), pattern, maxcount=maxcount)

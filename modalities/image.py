@@ -98,31 +98,68 @@ def load_classifier(path: str) -> DigitsClassifier:
 
 @dataclass
 class ImageOptions:
-    """`classifier` scores samples (Frechet distance in its features, per-class recall); null: no scores."""
+    """`classifier` scores samples (Frechet distance in its features, per-class recall); null: no scores.
+    `prompts` (a text file, one prompt a line, or a list) makes the inputs text-conditioned: prompts drawn
+    uniformly, embedded by the run's text_encoder (once, then cached)."""
 
     classifier: str | None = "embedded:digits_classifier"
     grid_columns: int = 16
+    prompts: str | list[str] | None = None
+
+
+def read_prompts(prompts: str | list[str]) -> list[str]:
+    if isinstance(prompts, list):
+        found = [p for p in prompts if p.strip()]
+    else:
+        path = Path(prompts).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"modality.prompts: {path} does not exist")
+        found = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not found:
+        raise ValueError(f"modality.prompts: {prompts!r} holds no prompt")
+    return found
+
+
+def prompt_embeddings(options: ImageOptions, teacher: Denoiser, text_encoder) -> torch.Tensor | None:
+    """[P, D] embeddings of the configured prompts, checked against the teacher's text conditioning."""
+    if options.prompts is None:
+        return None
+    if text_encoder is None:
+        raise ValueError("modality.prompts: prompts need a text encoder; set the run's text_encoder section")
+    text_dim = getattr(getattr(teacher.backbone, "options", None), "text_dim", 0)
+    if text_dim != text_encoder.dim:
+        raise ValueError(f"modality.prompts: the teacher takes text embeddings of width {text_dim}, the text encoder "
+                         f"makes {text_encoder.dim}")
+    return text_encoder.encode(read_prompts(options.prompts))
+
+
+def is_labels(cond) -> bool:
+    return isinstance(cond, torch.Tensor) and not cond.is_floating_point()
 
 
 class ImageModality(Modality):
-    """Images [C, H, W] in [-1, 1], class labels drawn uniformly when the teacher is class-conditional."""
+    """Images [C, H, W] in [-1, 1]; class labels drawn uniformly when the teacher is class-conditional, or
+    prompt embeddings when prompts are configured."""
 
-    def __init__(self, options: ImageOptions, teacher: Denoiser) -> None:
+    def __init__(self, options: ImageOptions, teacher: Denoiser, text_encoder=None) -> None:
         self.options = options
         self.sample_shape = teacher.sample_shape
         self.num_classes = teacher.num_classes
+        self.prompts = prompt_embeddings(options, teacher, text_encoder)
         self.classifier = load_classifier(options.classifier) if options.classifier else None
         self._reference = None
 
     def draw_inputs(self, n, generator=None):
         noise = torch.randn(n, *self.sample_shape, generator=generator)
+        if self.prompts is not None:
+            return noise, self.prompts[torch.randint(len(self.prompts), (n,), generator=generator)]
         cond = torch.randint(self.num_classes, (n,), generator=generator) if self.num_classes else None
         return noise, cond
 
     def save_samples(self, samples, cond, path: Path) -> Path:
         path = path.with_suffix(".png")
         path.parent.mkdir(parents=True, exist_ok=True)
-        if cond is not None:
+        if is_labels(cond):
             samples = samples[torch.argsort(cond, stable=True)]
         save_image((samples.clamp(-1, 1) + 1) / 2, path, nrow=self.options.grid_columns, padding=1)
         return path
@@ -141,7 +178,7 @@ class ImageModality(Modality):
             logits, features = self.classifier(samples.float().clamp(-1, 1))
         mu, cov = gaussian_stats(features)
         metrics = {"fdd": frechet_distance(mu, cov, *self.reference_stats())}
-        if cond is not None:
+        if is_labels(cond):
             predicted = logits.argmax(1)
             recalls = [float((predicted[cond == c] == c).float().mean()) for c in range(self.num_classes)
                        if (cond == c).any()]
@@ -152,4 +189,5 @@ class ImageModality(Modality):
         return "fdd"
 
 
-MODALITIES.register("image", ImageOptions)(lambda options, context: ImageModality(options, context.teacher))
+MODALITIES.register("image", ImageOptions)(
+    lambda options, context: ImageModality(options, context.teacher, context.text_encoder))

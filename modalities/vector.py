@@ -16,6 +16,7 @@ from potstill.backbones.mlp import MLPBackbone, MLPOptions
 from potstill.core.denoiser import Denoiser, Prediction
 from potstill.core.generator import Generator
 from potstill.core.modality import Modality
+from potstill.core.real_data import RealData
 from potstill.core.registry import DATASETS, FAKE_SCORES, GENERATORS, MODALITIES, TEACHERS
 from potstill.core.schedules import build_schedule
 from potstill.modalities.gaussian_mixture import (
@@ -241,7 +242,7 @@ def build_mlp_fake(options: MLPFakeScoreOptions, context) -> Denoiser:
     return Denoiser(backbone, teacher.schedule, options.prediction, sigma_data, (dim,))
 
 
-class MixtureSampleStream:
+class MixtureSampleStream(RealData):
     """Real data for the vector modality: exact draws from the teacher's mixture, resumable."""
 
     def __init__(self, mixture: GaussianMixture, seed: int) -> None:

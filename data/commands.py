@@ -1,0 +1,96 @@
+"""`potstill data pack | inspect | embed | digits`: make, look into and extend webdataset shards."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _pack(args) -> None:
+    from potstill.data.pack import pack
+
+    print(pack(Path(args.src), args.out_pattern, args.maxcount, args.maxsize, args.metadata,
+               args.labels_from_folders).describe())
+
+
+def _inspect(args) -> None:
+    from potstill.core.config import apply_overrides, from_dict
+    from potstill.data.inspect_shards import check_epoch, inspect_shards
+    from potstill.data.webdataset_source import WebDatasetOptions
+
+    print(inspect_shards(args.pattern, args.show))
+    if args.media:
+        raw = apply_overrides({"shards": args.pattern, "media": args.media, "workers": args.workers}, args.set)
+        options = from_dict(WebDatasetOptions, raw, "real_data")
+        print(check_epoch(options, args.ranks, args.batch).describe())
+
+
+def _embed(args) -> None:
+    from potstill.backbones.text_encoders import OpenClipTextEncoder, OpenClipTextOptions
+    from potstill.core.config import apply_overrides, from_dict, load_config
+    from potstill.data.embed import embed_shards
+
+    if args.config:
+        section = load_config(args.config).text_encoder
+        if section is None:
+            raise ValueError(f"--config {args.config}: has no text_encoder section")
+        options = section.options
+    else:
+        raw = apply_overrides({"model": args.model, "checkpoint": args.checkpoint}, args.set)
+        options = from_dict(OpenClipTextOptions, raw, "text_encoder")
+    encoder = OpenClipTextEncoder(options)
+    summary = embed_shards(args.pattern, Path(args.out_dir), encoder.encode, args.caption_field, args.field)
+    print(summary.describe())
+    print(f"embedding width {encoder.dim}; train with real_data.condition: embedding, embedding_field: {args.field}")
+
+
+def _digits(args) -> None:
+    from potstill.data.digits import export_digits
+
+    count = export_digits(Path(args.out_dir))
+    print(f"wrote {count} digits (png, cls, txt) to {args.out_dir}; pack them with "
+          f"`potstill data pack {args.out_dir} OUT_DIR/digits-%06d.tar --maxcount 300`")
+
+
+def add_data_commands(sub: argparse._SubParsersAction) -> None:
+    data = sub.add_parser("data", help="make, inspect and extend webdataset shards")
+    commands = data.add_subparsers(dest="data_command", required=True)
+
+    p = commands.add_parser("pack", help="write a folder of media files (with captions/labels) as tar shards")
+    p.add_argument("src", help="folder of images, videos, audio files or .npy/.pt/.safetensors tensors")
+    p.add_argument("out_pattern", help="shard names with an index, e.g. shards/train-%%06d.tar")
+    p.add_argument("--maxcount", type=int, default=10_000, help="samples per shard at most")
+    p.add_argument("--maxsize", type=float, default=1e9, help="bytes per shard at most")
+    p.add_argument("--metadata", help="CSV or JSONL with a file column (paths relative to SRC) and caption/label "
+                                      "columns")
+    p.add_argument("--labels-from-folders", action="store_true",
+                   help="cls = index of the first sub-folder's name in sorted order")
+    p.set_defaults(func=_pack)
+
+    p = commands.add_parser("inspect", help="counts, fields and samples of shards; with --media, decode one epoch")
+    p.add_argument("pattern", help="shards, e.g. 'shards/train-{000000..000009}.tar'")
+    p.add_argument("--show", type=int, default=3, help="samples of the first shard to print")
+    p.add_argument("--media", choices=["image", "video", "audio", "tensor"],
+                   help="decode one epoch through the training pipeline")
+    p.add_argument("--ranks", type=int, default=1, help="with --media: read as this many ranks")
+    p.add_argument("--workers", type=int, default=0, help="with --media: DataLoader workers per rank")
+    p.add_argument("--batch", type=int, default=16, help="with --media: rows per batch")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", nargs="+",
+                   help="a real_data option, e.g. image.size=64 or condition=label")
+    p.set_defaults(func=_inspect)
+
+    p = commands.add_parser("embed", help="copy shards adding each caption's text embedding")
+    p.add_argument("pattern", help="input shards")
+    p.add_argument("out_dir", help="folder for the new shards (same names)")
+    p.add_argument("--config", help="a run config whose text_encoder section to use")
+    p.add_argument("--model", default="ViT-B-32", help="open_clip model name")
+    p.add_argument("--checkpoint", help="local weights file of that model (omit: seeded random tower)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", nargs="+",
+                   help="another text_encoder option")
+    p.add_argument("--caption-field", default="txt", help="field holding the caption (or json:path)")
+    p.add_argument("--field", default="text_emb.npy", help="name of the embedding field written")
+    p.set_defaults(func=_embed)
+
+    p = commands.add_parser("digits", help="write the embedded 8x8 digits as png files with labels and captions")
+    p.add_argument("out_dir")
+    p.set_defaults(func=_digits)
