@@ -61,7 +61,8 @@ class AudioDecoder:
         wave = rearrange(torch.from_numpy(samples), "l c -> c l")
         needed = math.ceil(self.length * source_rate / self.sample_rate)
         if wave.shape[1] < needed and not self.pad:
-            raise BadSample("too_short", f"audio has {wave.shape[1]} samples at {source_rate} Hz, a clip needs {needed}")
+            raise BadSample("too_short", f"audio has {wave.shape[1]} samples at {source_rate} Hz, a clip needs "
+                                         f"{needed}")
         first = clip_start(max(wave.shape[1] - needed, 0), self.start, rng)
         wave = wave[:, first : first + needed]
         if source_rate != self.sample_rate:

@@ -12,8 +12,15 @@ import torch
 from potstill.data.decode_audio import AudioDecoder
 from potstill.data.decode_image import ImageDecoder
 from potstill.data.decode_video import VideoDecoder
-from potstill.data.fields import BadSample, decode_tensor, extension_of, first_present, read_label, read_text, \
-    read_value
+from potstill.data.fields import (
+    BadSample,
+    decode_tensor,
+    extension_of,
+    first_present,
+    read_label,
+    read_text,
+    read_value,
+)
 
 Media = Literal["image", "video", "audio", "tensor"]
 Condition = Literal["none", "label", "caption", "embedding"]

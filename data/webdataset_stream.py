@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from potstill.core.real_data import RealData
 from potstill.core.parallel import take_rows
+from potstill.core.real_data import RealData
 from potstill.data.bad_samples import BadEvent
 from potstill.data.sample_decoder import SampleDecoder
 from potstill.data.shard_stream import Position, ShardStream, StreamLayout
