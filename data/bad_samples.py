@@ -37,7 +37,7 @@ class ShardErrors:
 
     def __call__(self, error: Exception) -> bool:
         if not self.error:
-            message = str(error.args[0]) if error.args else ""
+            message = str(error.args[0]).split(" @ ")[0] if error.args else ""
             self.error = f"{type(error).__name__}: {message[:200]}"
         return True
 

@@ -92,7 +92,7 @@ class VideoDecoder:
             indices = frame_indices(len(reader), reader.get_avg_fps(), self.frames, self.stride, self.fps, self.start,
                                     rng)
             pixels = read_frames(reader, indices)
-        except decord.DECORDError as error:
+        except (decord.DECORDError, RuntimeError) as error:
             raise BadSample("undecodable", f"video: {str(error).splitlines()[0][:200]}") from None
         clip = to_unit_range(torch.from_numpy(pixels))
         clip = rearrange(clip, "t h w c -> t c h w")

@@ -126,11 +126,17 @@ class ShardStream(IterableDataset):
                 except BadSample as bad:
                     events.append(BadEvent(sample["__url__"], sample["__key__"], bad.reason, bad.detail))
                     continue
+                except Exception as error:      # a decoder failing on bad bytes in its own way: skip it too
+                    message = str(error).splitlines()[0][:200] if str(error) else ""
+                    events.append(BadEvent(sample["__url__"], sample["__key__"], "undecodable",
+                                           f"{type(error).__name__}: {message}"))
+                    continue
                 good += 1
                 keys.append(sample["__key__"])
                 if len(rows) == self.batch_rows:
                     yield self._batch(rows, keys, worker, Position(epoch, index + 1), events)
-                    rows, keys, events = [], [], []
+                    rows, keys = [], []
+                    events.clear()      # the reader appends to this very list
             if good == 0 and skip == 0 and self.epochs is None:
                 raise RuntimeError(f"rank {self.layout.rank} worker {worker}: epoch {epoch} of shards {shards[:3]} "
                                    f"gave no usable sample ({len(events)} skipped); check the shards and "
@@ -138,10 +144,10 @@ class ShardStream(IterableDataset):
             epoch, skip = epoch + 1, 0
         if rows:
             yield self._batch(rows, keys, worker, Position(epoch, 0), events)
-            events = []
-        yield {"worker": worker, "done": True, "events": events, "position": Position(epoch, 0)}
+            events.clear()
+        yield {"worker": worker, "done": True, "events": list(events), "position": Position(epoch, 0)}
 
     def _batch(self, rows: list, keys: list[str], worker: int, position: Position, events: list[BadEvent]) -> dict:
         x, cond = collate(rows, self.decoder.condition)
-        return {"x": x, "cond": cond, "keys": keys, "worker": worker, "position": position, "events": events,
+        return {"x": x, "cond": cond, "keys": keys, "worker": worker, "position": position, "events": list(events),
                 "done": False}

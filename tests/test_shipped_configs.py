@@ -14,13 +14,15 @@ SHIPPED = sorted(p for folder in ("vector", "image") for p in (CONFIGS / folder)
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
-def test_shipped_config_trains(path, tmp_path):
+def test_shipped_config_trains(path, tmp_path, digits_shards):
     overrides = ["train.steps=2", "train.batch_size=8", "train.progress=false", "train.generator_every=1",
                  "train.sample_every=0", "train.checkpoint_every=0"]
     config = load_config(path, overrides)
+    if config.real_data is not None and config.real_data.kind == "webdataset":
+        overrides.append(f"real_data.shards={digits_shards}")
     if config.objective.kind == "dmd":
         overrides += ["objective.pairs=16", "objective.pair_nfe=5", f"objective.pairs_file={tmp_path / 'pairs.st'}"]
-        config = load_config(path, overrides)
+    config = load_config(path, overrides)
     distiller = Distiller(config)
     before = [p.detach().clone() for p in distiller.generator.parameters()]
     distiller.train()

@@ -37,7 +37,10 @@ def make_config(base: dict | None = None, **sections) -> RunConfig:
     return load_config(data=data)
 
 
+TIMINGS = {"sec_per_step", "data_wait_sec"}
+
+
 def logged_losses(run_dir: Path) -> list[dict]:
-    """A run's logged metrics without the wall-clock timing, for step-by-step comparisons."""
+    """A run's logged metrics without the wall-clock timings, for step-by-step comparisons."""
     rows = read_log(run_dir / "logs" / "metrics.jsonl")
-    return [{k: v for k, v in row.items() if k != "sec_per_step"} for row in rows]
+    return [{k: v for k, v in row.items() if k not in TIMINGS} for row in rows]
