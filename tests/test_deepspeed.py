@@ -65,12 +65,29 @@ def assert_same_losses(multi: list[dict], single: list[dict]) -> None:
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), f"step {a['step']} {key}"
 
 
+IN_MEMORY = ["real_data=digits"]     # every rank draws the global batch of digits: comparable with one process
+
+
 @pytest.fixture(scope="module")
 def digits_two_ranks(tmp_path_factory) -> Path:
-    """The reference 2-rank digits DMD2 run: sharded teacher, ZeRO-3 student and critic, 2 micro-batches."""
+    """The reference 2-rank digits DMD2 run: sharded teacher, ZeRO-3 student and critic, 2 micro-batches,
+    real digits drawn in memory so that one process with the same global batch sees the same ones."""
     out = tmp_path_factory.mktemp("ds") / "digits"
-    stdout = run_launch(distill_command(DIGITS, out, DIGITS_RUN), ROOT)
+    stdout = run_launch(distill_command(DIGITS, out, [*DIGITS_RUN, *IN_MEMORY]), ROOT)
     assert "rank 0/2: teacher parameters held" in stdout and "rank 1/2: teacher parameters held" in stdout
+    return out
+
+
+@pytest.fixture(scope="module")
+def shard_run(digits_shards):
+    """The same run streaming packed digits shards, split by rank, 2 DataLoader workers per rank."""
+    return [*DIGITS_RUN, f"real_data.shards={digits_shards}", "real_data.workers=2"]
+
+
+@pytest.fixture(scope="module")
+def digits_two_ranks_from_shards(tmp_path_factory, shard_run) -> Path:
+    out = tmp_path_factory.mktemp("ds") / "shards"
+    run_launch(distill_command(DIGITS, out, shard_run), ROOT)
     return out
 
 
@@ -96,12 +113,20 @@ def test_two_ranks_distill_digits_as_one_process(digits_two_ranks, tmp_path):
     report = json.loads((digits_two_ranks / "report.json").read_text())
     teacher = report["teacher_parameters"]
     assert teacher["ranks"] == 2 and teacher["main_rank_holds"] == pytest.approx(teacher["total"] / 2, rel=0.01)
-    assert_same_losses(logged_losses(digits_two_ranks), plain_losses(DIGITS, DIGITS_RUN, tmp_path / "one"))
+    assert_same_losses(logged_losses(digits_two_ranks), plain_losses(DIGITS, [*DIGITS_RUN, *IN_MEMORY],
+                                                                      tmp_path / "one"))
 
 
-def test_killed_run_resumes_on_the_same_loss_curve(digits_two_ranks, tmp_path):
+def test_ranks_stream_their_own_shards(digits_two_ranks_from_shards):
+    rows = logged_losses(digits_two_ranks_from_shards)
+    per_step = 16                             # the global batch of real digits for the critic's GAN term
+    assert [row["data_samples"] for row in rows] == [per_step * row["step"] for row in rows]
+    assert rows[-1]["data_skipped"] == 0
+
+
+def test_killed_run_resumes_on_the_same_loss_curve(digits_two_ranks_from_shards, shard_run, tmp_path):
     out = tmp_path / "killed"
-    process = subprocess.Popen(distill_command(DIGITS, out, DIGITS_RUN), cwd=ROOT, start_new_session=True,
+    process = subprocess.Popen(distill_command(DIGITS, out, shard_run), cwd=ROOT, start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while not (out / "checkpoints" / "latest").is_file() and process.poll() is None and time.monotonic() < deadline:
@@ -111,8 +136,8 @@ def test_killed_run_resumes_on_the_same_loss_curve(digits_two_ranks, tmp_path):
     assert not (out / "report.json").exists(), "the run finished before it could be killed"
     stopped_at = int((out / "checkpoints" / "latest").read_text().split("_")[1])
     assert 0 < stopped_at < 12
-    run_launch(distill_command(DIGITS, out, DIGITS_RUN, resume=True), ROOT)
-    assert logged_losses(out) == logged_losses(digits_two_ranks)
+    run_launch(distill_command(DIGITS, out, shard_run, resume=True), ROOT)
+    assert logged_losses(out) == logged_losses(digits_two_ranks_from_shards)
 
 
 def test_deepspeed_run_samples_without_deepspeed(digits_two_ranks):

@@ -1,0 +1,133 @@
+"""Text conditioning: open_clip text towers built offline (seeded random init, or weights from a local
+file), prompt embeddings cached; `potstill data embed` writes them into new shards; a text-conditioned
+DiT teacher distils with prompts, and its GAN head reads real digits with captions or stored embeddings."""
+
+import io
+import json
+from dataclasses import asdict
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from potstill.backbones.dit import DiT, DiTOptions
+from potstill.backbones.text_encoders import OpenClipTextEncoder, OpenClipTextOptions
+from potstill.cli import main
+from potstill.core.config import from_dict, load_config
+from potstill.core.distiller import Distiller
+from potstill.data.shard_stream import read_shards
+
+TOWER = {"embed_dim": 16, "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+         "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16}}
+TEXT_ENCODER = {"kind": "open_clip", "model": "ViT-B-32", "model_overrides": TOWER}
+
+
+def tiny_encoder(**changes) -> OpenClipTextEncoder:
+    options = {k: v for k, v in TEXT_ENCODER.items() if k != "kind"} | changes
+    return OpenClipTextEncoder(from_dict(OpenClipTextOptions, options, "text_encoder"))
+
+
+def test_random_towers_are_seeded_and_embeddings_cached(monkeypatch):
+    first, again, other = tiny_encoder(), tiny_encoder(), tiny_encoder(init_seed=1)
+    prompts = ["a handwritten digit seven", "a cat", "a handwritten digit seven"]
+    embedded = first.encode(prompts)
+    assert embedded.shape == (3, 16) and torch.allclose(embedded.norm(dim=1), torch.ones(3))
+    torch.testing.assert_close(embedded, again.encode(prompts))
+    assert not torch.allclose(embedded, other.encode(prompts))
+    torch.testing.assert_close(embedded[0], embedded[2])
+    calls = []
+    monkeypatch.setattr(first, "_compute", lambda batch: calls.append(list(batch)) or torch.zeros(len(batch), 16))
+    torch.testing.assert_close(first.encode(["a cat"]), embedded[1:2])
+    first.encode(["a dog", "a cat", "a dog"])
+    assert calls == [["a dog"]]                                  # only the prompt it had not seen
+
+
+def test_weights_load_from_a_local_file(tmp_path):
+    torch.manual_seed(3)
+    source = open_clip.create_model("ViT-B-32", pretrained=None, pretrained_text=False, **TOWER)
+    path = tmp_path / "tiny_clip.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, path)
+    loaded = tiny_encoder(checkpoint=str(path))
+    tokens = open_clip.get_tokenizer("ViT-B-32", context_length=24)(["a red square"])
+    torch.testing.assert_close(loaded.encode(["a red square"]), source.encode_text(tokens, normalize=True).detach())
+    with pytest.raises(FileNotFoundError, match=r"text_encoder\.checkpoint: .* does not exist"):
+        tiny_encoder(checkpoint=str(tmp_path / "missing.bin"))
+    with pytest.raises(ValueError, match=r"text_encoder\.model: open_clip has no model 'ViT-Q-99'"):
+        tiny_encoder(model="ViT-Q-99")
+
+
+@pytest.fixture(scope="module")
+def embedded_shards(digits_shards, tmp_path_factory):
+    out = tmp_path_factory.mktemp("embedded")
+    main(["data", "embed", digits_shards, str(out), "--set", f"model_overrides={json.dumps(TOWER)}"])
+    return str(out / digits_shards.rsplit("/", 1)[1])
+
+
+def test_embed_writes_each_caption_embedding(embedded_shards, digits_shards):
+    encoder = tiny_encoder()
+    before = list(read_shards([digits_shards.replace("{000000..000005}", "000001")], []))
+    after = list(read_shards([embedded_shards.replace("{000000..000005}", "000001")], []))
+    assert [s["__key__"] for s in after] == [s["__key__"] for s in before] and len(after) == 300
+    stored = torch.from_numpy(np.stack([np.load(io.BytesIO(s["text_emb.npy"])) for s in after[:20]]))
+    expected = encoder.encode([s["txt"].decode() for s in after[:20]])
+    torch.testing.assert_close(stored, expected)
+    assert all(a["png"] == b["png"] and a["cls"] == b["cls"] for a, b in zip(after, before, strict=True))
+
+
+@pytest.fixture(scope="module")
+def text_teacher(tmp_path_factory) -> str:
+    """A small random DiT on 8x8 grey images conditioned on 16-wide pooled text embeddings."""
+    options = DiTOptions(input_size=8, patch_size=2, in_channels=1, hidden_size=32, depth=2, num_heads=2,
+                         num_classes=0, learn_sigma=False, text_dim=16)
+    torch.manual_seed(0)
+    dit = DiT(options)
+    with torch.no_grad():
+        for parameter in dit.parameters():
+            if parameter.requires_grad:
+                parameter.normal_(0, 0.05)          # past DiT's zero init, so the text embedding matters
+    path = tmp_path_factory.mktemp("teacher") / "text_dit.safetensors"
+    metadata = {"dit": asdict(options), "schedule": "edm", "prediction": "edm", "sigma_data": 0.5}
+    save_file({k: v.contiguous() for k, v in dit.state_dict().items()}, path,
+              metadata={"potstill": json.dumps(metadata)})
+    return str(path)
+
+
+@pytest.mark.parametrize("condition", ["caption", "embedding"])
+def test_text_conditioned_teacher_distils_with_real_captions(condition, text_teacher, digits_shards,
+                                                             embedded_shards):
+    real = {"kind": "webdataset", "shards": digits_shards if condition == "caption" else embedded_shards,
+            "condition": condition, "workers": 0}
+    config = load_config(data={
+        "modality": {"kind": "image", "classifier": None, "prompts": ["a handwritten digit one", "a cat"]},
+        "text_encoder": TEXT_ENCODER,
+        "teacher": {"kind": "dit", "checkpoint": text_teacher},
+        "generator": {"kind": "denoiser", "times": [2.5]},
+        "fake_score": "teacher_copy",
+        "objective": "dmd2",
+        "adversary": {"kind": "feature_gan", "network": "fake_score"},
+        "real_data": real,
+        "train": {"steps": 2, "batch_size": 4, "progress": False},
+    })
+    run = Distiller(config)
+    _, cond = run.draw_inputs(6, torch.Generator().manual_seed(0))
+    assert cond.shape == (6, 16) and cond.dtype == torch.float32
+    prompts = run.text_encoder.encode(["a handwritten digit one", "a cat"])
+    assert all(any(torch.equal(row, p) for p in prompts) for row in cond)
+    real_x, real_cond = run.next_real(4)
+    assert real_x.shape == (4, 1, 8, 8) and real_cond.shape == (4, 16)
+    before = [p.detach().clone() for p in run.generator.parameters()]
+    run.train()
+    assert any(not torch.equal(a, b) for a, b in zip(before, run.generator.parameters(), strict=True))
+
+
+def test_missing_text_encoder_is_named(text_teacher, digits_shards):
+    base = {"modality": {"kind": "image", "classifier": None, "prompts": ["a cat"]},
+            "teacher": {"kind": "dit", "checkpoint": text_teacher}, "generator": {"kind": "denoiser", "times": [2.5]},
+            "objective": "sds", "train": {"batch_size": 4, "progress": False}}
+    with pytest.raises(ValueError, match=r"modality\.prompts: prompts need a text encoder"):
+        Distiller(load_config(data=base))
+    wide = {**TEXT_ENCODER, "model_overrides": {**TOWER, "embed_dim": 8}}
+    with pytest.raises(ValueError, match="the teacher takes text embeddings of width 16, the text encoder makes 8"):
+        Distiller(load_config(data={**base, "text_encoder": wide}))
