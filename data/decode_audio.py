@@ -47,25 +47,22 @@ def match_channels(wave: torch.Tensor, channels: int) -> torch.Tensor:
 class AudioDecoder:
     """Bytes of one audio file -> [channels, length] float32."""
 
-    sample_rate: int = 16000
-    channels: int = 1
-    length: int = 16000
-    start: Start = "random"
-    pad: bool = True
+    options: AudioDecodeOptions
 
     def __call__(self, data: bytes, rng: np.random.Generator) -> torch.Tensor:
+        o = self.options
         try:
             samples, source_rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
         except (soundfile.LibsndfileError, RuntimeError, TypeError) as error:
             raise BadSample("undecodable", f"audio: {error}") from None
         wave = rearrange(torch.from_numpy(samples), "l c -> c l")
-        needed = math.ceil(self.length * source_rate / self.sample_rate)
-        if wave.shape[1] < needed and not self.pad:
+        needed = math.ceil(o.length * source_rate / o.sample_rate)
+        if wave.shape[1] < needed and not o.pad:
             raise BadSample("too_short", f"audio has {wave.shape[1]} samples at {source_rate} Hz, a clip needs "
                                          f"{needed}")
-        first = clip_start(max(wave.shape[1] - needed, 0), self.start, rng)
+        first = clip_start(max(wave.shape[1] - needed, 0), o.start, rng)
         wave = wave[:, first : first + needed]
-        if source_rate != self.sample_rate:
-            wave = AF.resample(wave, source_rate, self.sample_rate)
-        wave = match_channels(wave, self.channels)[:, : self.length]
-        return torch.nn.functional.pad(wave, (0, self.length - wave.shape[1]))
+        if source_rate != o.sample_rate:
+            wave = AF.resample(wave, source_rate, o.sample_rate)
+        wave = match_channels(wave, o.channels)[:, : o.length]
+        return torch.nn.functional.pad(wave, (0, o.length - wave.shape[1]))

@@ -66,12 +66,11 @@ def to_unit_range(pixels: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class ImageDecoder:
-    """Bytes of one image -> [channels, H, W] in [-1, 1]."""
+    """Bytes of one image -> [channels, H, W] in [-1, 1]; size and channels resolved from the options."""
 
+    options: ImageDecodeOptions
     size: tuple[int, int]
     channels: int
-    resize: Resize = "shorter_side"
-    crop: Crop = "center"
 
     def __call__(self, data: bytes, rng: np.random.Generator) -> torch.Tensor:
         try:
@@ -79,9 +78,9 @@ class ImageDecoder:
             image = image.convert("L" if self.channels == 1 else "RGB")
         except (UnidentifiedImageError, OSError, ValueError) as error:
             raise BadSample("undecodable", f"image: {error}") from None
-        height, width = resized_shape(image.height, image.width, self.size, self.resize)
+        height, width = resized_shape(image.height, image.width, self.size, self.options.resize)
         if (height, width) != (image.height, image.width):
             image = image.resize((width, height), Image.Resampling.BICUBIC, reducing_gap=None)
-        top, left = crop_offsets(height, width, self.size, self.crop, rng)
+        top, left = crop_offsets(height, width, self.size, self.options.crop, rng)
         image = image.crop((left, top, left + self.size[1], top + self.size[0]))
         return to_unit_range(pil_to_tensor(image))

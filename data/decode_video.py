@@ -75,31 +75,26 @@ def read_frames(reader: decord.VideoReader, indices: list[int]) -> np.ndarray:
 
 @dataclass
 class VideoDecoder:
-    """Bytes of one video -> [channels, frames, H, W] in [-1, 1]."""
+    """Bytes of one video -> [channels, frames, H, W] in [-1, 1]; size and channels resolved from the options."""
 
+    options: VideoDecodeOptions
     size: tuple[int, int]
-    frames: int = 16
-    stride: int = 1
-    fps: float | None = None
-    start: Start = "random"
-    channels: int = 3
-    resize: Resize = "shorter_side"
-    crop: Crop = "center"
+    channels: int
 
     def __call__(self, data: bytes, rng: np.random.Generator) -> torch.Tensor:
         try:
             reader = decord.VideoReader(io.BytesIO(data), num_threads=1)
-            indices = frame_indices(len(reader), reader.get_avg_fps(), self.frames, self.stride, self.fps, self.start,
-                                    rng)
+            o = self.options
+            indices = frame_indices(len(reader), reader.get_avg_fps(), o.frames, o.stride, o.fps, o.start, rng)
             pixels = read_frames(reader, indices)
         except (decord.DECORDError, RuntimeError) as error:
             raise BadSample("undecodable", f"video: {str(error).splitlines()[0][:200]}") from None
         clip = to_unit_range(torch.from_numpy(pixels))
         clip = rearrange(clip, "t h w c -> t c h w")
-        height, width = resized_shape(clip.shape[2], clip.shape[3], self.size, self.resize)
+        height, width = resized_shape(clip.shape[2], clip.shape[3], self.size, self.options.resize)
         if (height, width) != tuple(clip.shape[2:]):
             clip = F.interpolate(clip, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
-        top, left = crop_offsets(height, width, self.size, self.crop, rng)
+        top, left = crop_offsets(height, width, self.size, self.options.crop, rng)
         clip = clip[:, :, top : top + self.size[0], left : left + self.size[1]]
         if self.channels == 1:
             clip = clip.mean(dim=1, keepdim=True)

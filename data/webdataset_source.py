@@ -56,15 +56,12 @@ def build_decoder(o: WebDatasetOptions, sample_shape: tuple[int, ...] | None = N
     """The per-sample decoder the options describe."""
     if o.media == "image":
         size, channels = spatial_defaults(o.image.size, o.image.channels, sample_shape, "real_data.image")
-        media, fields = ImageDecoder(size, channels, o.image.resize, o.image.crop), o.image.fields
+        media, fields = ImageDecoder(o.image, size, channels), o.image.fields
     elif o.media == "video":
-        v = o.video
-        size, channels = spatial_defaults(v.size, v.channels, sample_shape, "real_data.video")
-        media = VideoDecoder(size, v.frames, v.stride, v.fps, v.start, channels, v.resize, v.crop)
-        fields = v.fields
+        size, channels = spatial_defaults(o.video.size, o.video.channels, sample_shape, "real_data.video")
+        media, fields = VideoDecoder(o.video, size, channels), o.video.fields
     elif o.media == "audio":
-        a = o.audio
-        media, fields = AudioDecoder(a.sample_rate, a.channels, a.length, a.start, a.pad), a.fields
+        media, fields = AudioDecoder(o.audio), o.audio.fields
     else:
         media, fields = TensorDecoder(o.tensor.tensor_name), o.tensor.fields
     condition_field = {"label": o.label_field, "caption": o.caption_field, "embedding": o.embedding_field}

@@ -11,13 +11,25 @@ import torchaudio.functional as AF
 from media_fixtures import audio_bytes, image_bytes, mp4_bytes, pattern_frames, tone
 from safetensors.torch import save as save_safetensors
 
-from potstill.data.decode_audio import AudioDecoder
-from potstill.data.decode_image import ImageDecoder
-from potstill.data.decode_video import VideoDecoder
+from potstill.data.decode_audio import AudioDecodeOptions, AudioDecoder
+from potstill.data.decode_image import ImageDecodeOptions, ImageDecoder
+from potstill.data.decode_video import VideoDecodeOptions, VideoDecoder
 from potstill.data.fields import BadSample
 from potstill.data.sample_decoder import SampleDecoder, TensorDecoder
 
 RNG = np.random.default_rng(0)
+
+
+def image(size, channels, **options) -> ImageDecoder:
+    return ImageDecoder(ImageDecodeOptions(**options), size, channels)
+
+
+def video(size, **options) -> VideoDecoder:
+    return VideoDecoder(VideoDecodeOptions(**options), size, 3)
+
+
+def audio(**options) -> AudioDecoder:
+    return AudioDecoder(AudioDecodeOptions(**options))
 
 
 def unit(pixels: np.ndarray) -> torch.Tensor:
@@ -27,7 +39,7 @@ def unit(pixels: np.ndarray) -> torch.Tensor:
 @pytest.mark.parametrize(("extension", "tolerance"), [("png", 0.0), ("jpg", 0.03), ("webp", 0.05)])
 def test_images_match_their_source(extension, tolerance):
     pixels = pattern_frames(1, 20, 28, 3)[0]
-    decoded = ImageDecoder((20, 28), 3, resize="none")(image_bytes(pixels, extension), RNG)
+    decoded = image((20, 28), 3, resize="none")(image_bytes(pixels, extension), RNG)
     expected = unit(pixels).permute(2, 0, 1)
     assert decoded.shape == (3, 20, 28)
     assert (decoded - expected).abs().mean() <= tolerance
@@ -36,64 +48,64 @@ def test_images_match_their_source(extension, tolerance):
 def test_image_resize_and_crop():
     pixels = pattern_frames(1, 20, 40, 1)[0]
     data = image_bytes(pixels, "png")
-    center = ImageDecoder((10, 10), 1)(data, RNG)
+    center = image((10, 10), 1)(data, RNG)
     assert center.shape == (1, 10, 10)
-    crops = {tuple(ImageDecoder((20, 20), 3, resize="none", crop="random")(data, np.random.default_rng(s))[0, 0, :2]
+    crops = {tuple(image((20, 20), 3, resize="none", crop="random")(data, np.random.default_rng(s))[0, 0, :2]
                    .tolist()) for s in range(6)}
     assert len(crops) > 1                                            # random crops move
     whole = unit(pixels).permute(2, 0, 1)
-    left = ImageDecoder((20, 20), 3, resize="none", crop="center")(data, RNG)
+    left = image((20, 20), 3, resize="none", crop="center")(data, RNG)
     torch.testing.assert_close(left, whole[:, :, 10:30])             # the centre window, exactly
     with pytest.raises(BadSample, match="undecodable"):
-        ImageDecoder((8, 8), 3)(b"not an image", RNG)
+        image((8, 8), 3)(b"not an image", RNG)
 
 
 @pytest.mark.parametrize("size", [(32, 48), (64, 64)])           # 48 wide: decord pads its rows
 def test_video_frames_match_their_source(size):
     frames = pattern_frames(12, *size, seed=2)
     data = mp4_bytes(frames, fps=10)
-    clip = VideoDecoder(size, frames=12, start="first", resize="none")(data, RNG)
+    clip = video(size, frames=12, start="first", resize="none")(data, RNG)
     expected = unit(frames).permute(3, 0, 1, 2)                      # [C, T, H, W]
     assert clip.shape == (3, 12, *size)
     assert (clip - expected).abs().mean() < 0.03
-    strided = VideoDecoder(size, frames=4, stride=3, start="first", resize="none")(data, RNG)
+    strided = video(size, frames=4, stride=3, start="first", resize="none")(data, RNG)
     torch.testing.assert_close(strided, clip[:, ::3], rtol=0, atol=0)
-    at_fps = VideoDecoder(size, frames=6, fps=5.0, start="first", resize="none")(data, RNG)
+    at_fps = video(size, frames=6, fps=5.0, start="first", resize="none")(data, RNG)
     torch.testing.assert_close(at_fps, clip[:, ::2], rtol=0, atol=0)  # 10 fps source sampled at 5 fps
-    small = VideoDecoder((16, 16), frames=2)(data, RNG)
+    small = video((16, 16), frames=2)(data, RNG)
     assert small.shape == (3, 2, 16, 16) and small.abs().max() <= 1
     with pytest.raises(BadSample, match="too_short: video has 12 frames, a clip needs 23"):
-        VideoDecoder(size, frames=12, stride=2)(data, RNG)
+        video(size, frames=12, stride=2)(data, RNG)
     with pytest.raises(BadSample, match="undecodable"):
-        VideoDecoder(size, frames=2)(data[: len(data) // 4], RNG)
+        video(size, frames=2)(data[: len(data) // 4], RNG)
 
 
 @pytest.mark.parametrize("extension", ["wav", "flac"])
 def test_lossless_audio_matches_its_source(extension):
     wave = tone(0.25, 16000, 2, seed=1)
-    decoder = AudioDecoder(sample_rate=16000, channels=2, length=4000, start="first")
+    decoder = audio(sample_rate=16000, channels=2, length=4000, start="first")
     decoded = decoder(audio_bytes(wave, 16000, extension), RNG)
     torch.testing.assert_close(decoded, torch.from_numpy(wave.T), rtol=0, atol=1 / 2**15)
-    mono = AudioDecoder(sample_rate=16000, channels=1, length=4000, start="first")(audio_bytes(wave, 16000, extension),
+    mono = audio(sample_rate=16000, channels=1, length=4000, start="first")(audio_bytes(wave, 16000, extension),
                                                                                  RNG)
     torch.testing.assert_close(mono[0], torch.from_numpy(wave.mean(axis=1)), rtol=0, atol=1 / 2**15)
 
 
 def test_audio_resample_pad_and_channels():
     wave = tone(0.25, 22050, 1, seed=3)
-    decoded = AudioDecoder(sample_rate=16000, channels=2, length=6000, start="first")(audio_bytes(wave, 22050, "wav"),
+    decoded = audio(sample_rate=16000, channels=2, length=6000, start="first")(audio_bytes(wave, 22050, "wav"),
                                                                                     RNG)
     expected = AF.resample(torch.from_numpy(wave.T), 22050, 16000)
     assert decoded.shape == (2, 6000)
     torch.testing.assert_close(decoded[:, :4000], expected.expand(2, -1)[:, :4000], rtol=0, atol=2e-4)
     assert decoded[:, expected.shape[1]:].abs().max() == 0              # zero padding past the clip's end
     with pytest.raises(BadSample, match="too_short"):
-        AudioDecoder(length=6000, pad=False)(audio_bytes(tone(0.1, 16000, 1, 0), 16000, "wav"), RNG)
+        audio(length=6000, pad=False)(audio_bytes(tone(0.1, 16000, 1, 0), 16000, "wav"), RNG)
 
 
 def test_mp3_keeps_the_tone():
     wave = tone(0.5, 16000, 1, seed=5)                                 # 420 Hz
-    decoded = AudioDecoder(sample_rate=16000, length=8000, start="middle")(audio_bytes(wave, 16000, "mp3"), RNG)
+    decoded = audio(sample_rate=16000, length=8000, start="middle")(audio_bytes(wave, 16000, "mp3"), RNG)
     spectrum = torch.fft.rfft(decoded[0]).abs()
     assert spectrum.argmax().item() * 16000 / 8000 == pytest.approx(420, abs=4)
     assert decoded.pow(2).mean().sqrt().item() == pytest.approx(0.5 / 2**0.5, rel=0.1)

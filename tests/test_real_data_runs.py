@@ -14,7 +14,7 @@ from potstill.core.config import from_dict, load_config
 from potstill.core.distiller import Distiller
 from potstill.core.run_log import read_log
 from potstill.data.webdataset_source import WebDatasetOptions, open_stream
-from tests_support import CONFIGS, logged_losses
+from tests_support import CONFIGS, logged_losses, whole_and_resumed
 
 QUICK = ["train.steps=8", "train.batch_size=8", "train.progress=false", "train.log_every=1", "train.sample_every=0",
          "train.checkpoint_every=4", "train.generator_every=2", "real_data.workers=2", "eval.n_samples=100",
@@ -24,14 +24,8 @@ QUICK = ["train.steps=8", "train.batch_size=8", "train.progress=false", "train.l
 @pytest.mark.parametrize("name", ["digits_dmd2", "digits_apt"])
 def test_shard_streaming_run_resumes_on_the_same_losses(name, digits_shards, tmp_path):
     config = load_config(CONFIGS / "image" / f"{name}.yaml", [*QUICK, f"real_data.shards={digits_shards}"])
-    whole = Distiller(config, tmp_path / "whole")
-    whole.train()
-    first = Distiller(config, tmp_path / "split")
-    first.train(steps=6)                 # checkpoint at step 4, then two steps that are lost
-    del first
-    resumed = Distiller(config, tmp_path / "split")
-    assert resumed.resume() and resumed.step == 4
-    resumed.train()
+    _, _, resumed_from = whole_and_resumed(config, tmp_path, stop_after=6)
+    assert resumed_from == 4             # the checkpoint at step 4; steps 5 and 6 were lost
     assert logged_losses(tmp_path / "split") == logged_losses(tmp_path / "whole")
     assert logged_losses(tmp_path / "whole")[-1]["data_samples"] > 0
 

@@ -8,7 +8,7 @@ import torch
 
 from potstill.core import checkpoint as ckpt
 from potstill.core.distiller import Distiller
-from tests_support import RING, logged_losses, make_config
+from tests_support import RING, logged_losses, make_config, whole_and_resumed
 
 MLP_RUN = {"teacher": RING, "generator": {"kind": "mlp", "hidden": 32, "depth": 2},
            "fake_score": {"kind": "mlp", "hidden": 32, "depth": 2},
@@ -27,15 +27,8 @@ RESUMED = {
 @pytest.mark.parametrize("name", list(RESUMED))
 def test_resumed_run_logs_the_same_losses(tmp_path, name):
     config = make_config(MLP_RUN, **RESUMED[name])
-    whole = Distiller(config, tmp_path / "whole")
-    whole.train()
-
-    first = Distiller(config, tmp_path / "split")
-    first.train(steps=8)                 # checkpoint at step 6, then two steps that are lost
-    del first
-    resumed = Distiller(config, tmp_path / "split")
-    assert resumed.resume() and resumed.step == 6
-    resumed.train()
+    whole, resumed, resumed_from = whole_and_resumed(config, tmp_path, stop_after=8)
+    assert resumed_from == 6             # the checkpoint at step 6; steps 7 and 8 were lost
     assert logged_losses(tmp_path / "split") == logged_losses(tmp_path / "whole")
     assert [row["step"] for row in logged_losses(tmp_path / "split")] == list(range(1, 13))
     for name, value in whole.generator.state_dict().items():

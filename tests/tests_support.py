@@ -7,6 +7,7 @@ from pathlib import Path
 
 import potstill  # noqa: F401  (registers the built-in components)
 from potstill.core.config import RunConfig, deep_merge, load_config
+from potstill.core.distiller import Distiller
 from potstill.core.run_log import read_log
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,3 +45,19 @@ def logged_losses(run_dir: Path) -> list[dict]:
     """A run's logged metrics without the wall-clock timings, for step-by-step comparisons."""
     rows = read_log(run_dir / "logs" / "metrics.jsonl")
     return [{k: v for k, v in row.items() if k not in TIMINGS} for row in rows]
+
+
+def whole_and_resumed(config: RunConfig, folder: Path, stop_after: int) -> tuple[Distiller, Distiller, int]:
+    """The run trained straight through (`folder/whole`), and the same run stopped after `stop_after` steps
+    (losing those after its last checkpoint), then resumed and finished (`folder/split`); also the step it
+    resumed from."""
+    whole = Distiller(config, folder / "whole")
+    whole.train()
+    first = Distiller(config, folder / "split")
+    first.train(steps=stop_after)
+    del first
+    resumed = Distiller(config, folder / "split")
+    assert resumed.resume()
+    resumed_from = resumed.step
+    resumed.train()
+    return whole, resumed, resumed_from
