@@ -69,8 +69,9 @@ def test_objective_ladd_builds_its_own_adversary():
     assert not distiller.trains_fake and distiller.fake_score is None
 
 
-def test_apt_trains_a_copy_of_the_teacher_and_leaves_the_teacher():
-    config = load_config(CONFIGS / "image" / "digits_apt.yaml", ["train.batch_size=4", "train.progress=false"])
+def test_apt_trains_a_copy_of_the_teacher_and_leaves_the_teacher(digits_shards):
+    config = load_config(CONFIGS / "image" / "digits_apt.yaml", ["train.batch_size=4", "train.progress=false",
+                                                                 f"real_data.shards={digits_shards}"])
     distiller = Distiller(config)
     copy_before = {k: v.clone() for k, v in distiller.adversary.network_copy.state_dict().items()}
     teacher_before = {k: v.clone() for k, v in distiller.teacher.state_dict().items()}

@@ -1,5 +1,5 @@
 """The image modality on the embedded digits: classifier and FDD, teacher quality by NFE, and short
-DMD2-with-GAN and SiD runs (real digits streamed to the discriminator) that resume exactly."""
+DMD2-with-GAN (real digits streamed from shards to the discriminator) and SiD runs."""
 
 import pytest
 import torch
@@ -9,15 +9,16 @@ from potstill.core.distiller import Distiller
 from potstill.core.evaluation import evaluate_teacher
 from potstill.data.digits import load_digits_tensors
 from potstill.modalities.frechet import frechet_distance, gaussian_stats
-from tests_support import CONFIGS, logged_losses
+from tests_support import CONFIGS, logged_losses, whole_and_resumed
 
 SHORT = ["train.progress=false", "train.batch_size=8", "train.sample_every=0", "eval.n_samples=64",
          "eval.batch_size=64"]
 
 
 @pytest.fixture(scope="module")
-def dmd2_run():
-    return Distiller(load_config(CONFIGS / "image" / "digits_dmd2.yaml", [*SHORT, "train.steps=4"]))
+def dmd2_run(digits_shards):
+    return Distiller(load_config(CONFIGS / "image" / "digits_dmd2.yaml",
+                                 [*SHORT, "train.steps=4", f"real_data.shards={digits_shards}"]))
 
 
 def test_classifier_and_fdd(dmd2_run):
@@ -38,19 +39,12 @@ def test_teacher_improves_with_nfe(dmd2_run):
     assert fdd[9] < fdd[1] / 3
 
 
-@pytest.mark.parametrize("name", ["digits_dmd2", "digits_sid"])
-def test_short_digits_run_resumes_exactly(tmp_path, name):
+def test_short_digits_run_resumes_exactly(tmp_path):
+    """SiD on digits; the DMD2 and APT configs, which stream real digits, are resumed in test_real_data_runs.py."""
     overrides = [*SHORT, "train.steps=4", "train.checkpoint_every=2", "train.generator_every=2", "train.log_every=1"]
-    config = load_config(CONFIGS / "image" / f"{name}.yaml", overrides)
-    whole = Distiller(config, tmp_path / "whole")
-    whole.train()
-    split = Distiller(config, tmp_path / "split")
-    split.train(steps=3)
-    resumed = Distiller(config, tmp_path / "split")
-    assert resumed.resume() and resumed.step == 2
-    resumed.train()
+    config = load_config(CONFIGS / "image" / "digits_sid.yaml", overrides)
+    _, resumed, resumed_from = whole_and_resumed(config, tmp_path, stop_after=3)
+    assert resumed_from == 2
     assert logged_losses(tmp_path / "split") == logged_losses(tmp_path / "whole")
-    if name == "digits_dmd2":
-        assert "d_loss" in logged_losses(tmp_path / "whole")[0]
     path = resumed.save_samples(16)
     assert path.suffix == ".png" and path.is_file()

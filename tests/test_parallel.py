@@ -119,7 +119,8 @@ def test_activation_checkpointing_needs_a_backbone_with_blocks():
 def test_an_engine_that_steps_all_parts_refuses_a_sparser_discriminator(monkeypatch):
     monkeypatch.setattr(PlainEngine, "steps_parts_alone", False)     # as the DeepSpeed engine
     with pytest.raises(ValueError, match=r"train.discriminator_every: under DeepSpeed"):
-        Distiller(load_config(CONFIGS / "image" / "digits_dmd2.yaml", ["train.discriminator_every=2"]))
+        Distiller(load_config(CONFIGS / "image" / "digits_dmd2.yaml", ["train.discriminator_every=2",
+                                                                       "real_data=digits"]))
 
 
 def test_micro_batches_that_do_not_split_name_the_key(second_of_two_ranks):
