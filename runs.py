@@ -53,10 +53,11 @@ def find_run(path: str | Path) -> tuple[Path, Path]:
 
 def open_run(path: str | Path) -> Distiller:
     """Rebuild a run from its directory and load its weights (not its optimizer state) in this one process,
-    whatever engine trained it: checkpoints hold every model whole, as safetensors."""
+    whatever engine trained it: checkpoints hold every model whole, as safetensors. Its real data is not
+    needed (nor opened), so a run sampled elsewhere needs no copy of its shards."""
     run_dir, checkpoint = find_run(path)
     config = load_config(run_dir / "config.yaml", ["engine=plain"])
-    distiller = Distiller(config, run_dir)
+    distiller = Distiller(config, run_dir, with_real_data=False)
     distiller.load(checkpoint, training_state=False)
     distiller.step = ckpt.load_state(checkpoint)["step"]
     return distiller

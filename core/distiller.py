@@ -89,9 +89,10 @@ def enable_activation_checkpointing(modules: list[nn.Module]) -> None:
 
 
 class Distiller:
-    """One run: components built from `config`, trained by `train()`, checkpointed under `run_dir`."""
+    """One run: components built from `config`, trained by `train()`, checkpointed under `run_dir`. With
+    `with_real_data=False` (sampling and evaluating a finished run) the real-data stream is not opened."""
 
-    def __init__(self, config: RunConfig, run_dir: Path | None = None) -> None:
+    def __init__(self, config: RunConfig, run_dir: Path | None = None, with_real_data: bool = True) -> None:
         self.config = config
         self.run_dir = Path(run_dir) if run_dir is not None else None
         seed_everything(config.train.seed)
@@ -114,8 +115,8 @@ class Distiller:
         self.objective = _build(reg.OBJECTIVES, config.objective, context, "objective.kind")
         self.adversary = self._build_adversary(context)
         self.real_data = (_build(reg.DATASETS, config.real_data, context, "real_data.kind")
-                          if config.real_data is not None else None)
-        self._check_requirements()
+                          if config.real_data is not None and with_real_data else None)
+        self._check_requirements(with_real_data)
         for module in (self.generator, self.fake_score, self.adversary, self.objective):
             if module is not None:
                 module.to(self.engine.device)
@@ -135,7 +136,7 @@ class Distiller:
             return entry.builder(entry.options(), context)
         return _build(reg.ADVERSARIES, component, context, "adversary.kind") if component is not None else None
 
-    def _check_requirements(self) -> None:
+    def _check_requirements(self, with_real_data: bool) -> None:
         kind = self.config.objective.kind
         if self.objective.uses_fake_score and self.fake_score is None:
             raise ValueError(f"fake_score: objective {kind!r} trains a fake score; set fake_score.kind")
@@ -145,7 +146,7 @@ class Distiller:
         if self.objective.needs_adversary and self.adversary.options.generator_weight <= 0:
             raise ValueError(f"adversary.generator_weight: objective {kind!r} needs its GAN term; make it > 0")
         wants_real = self.adversary is not None or self.objective.needs_real_data
-        if wants_real and self.real_data is None:
+        if wants_real and with_real_data and self.real_data is None:
             raise ValueError(f"real_data: the adversary or objective {kind!r} needs real samples; set real_data.kind")
 
     def _prepare_training(self) -> None:

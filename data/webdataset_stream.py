@@ -5,6 +5,7 @@ checkpointed run resume on exactly the same stream."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections import Counter, deque
@@ -130,9 +131,12 @@ class WebDatasetStream(RealData):
     # ---- state and counters -------------------------------------------------------------------
 
     def _layout_facts(self) -> dict:
-        return {"shards": self.layout.shards, "seed": self.layout.seed, "rank": self.layout.rank,
-                "world_size": self.layout.world_size, "workers": self.workers, "resampled": self.layout.resampled,
-                "shuffle_buffer": self.layout.shuffle_buffer, "batch_rows": self.batch_rows}
+        """What fixes this stream's order; a checkpoint only continues a stream that agrees on all of it."""
+        listing = hashlib.sha1("\n".join(self.layout.shards).encode()).hexdigest()[:12]
+        return {"shards": f"{len(self.layout.shards)} shards, sha1 {listing}", "seed": self.layout.seed,
+                "rank": self.layout.rank, "world_size": self.layout.world_size, "workers": self.workers,
+                "resampled": self.layout.resampled, "shuffle_buffer": self.layout.shuffle_buffer,
+                "batch_rows": self.batch_rows}
 
     def state_dict(self) -> dict:
         return {"layout": self._layout_facts(),

@@ -3,6 +3,7 @@ resume on exactly the same losses; skipped data shows in the run's log and repor
 audio clips stream into discriminator steps."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from potstill.core.config import from_dict, load_config
 from potstill.core.distiller import Distiller
 from potstill.core.run_log import read_log
 from potstill.data.webdataset_source import WebDatasetOptions, open_stream
+from potstill.runs import open_run
 from tests_support import CONFIGS, logged_losses, whole_and_resumed
 
 QUICK = ["train.steps=8", "train.batch_size=8", "train.progress=false", "train.log_every=1", "train.sample_every=0",
@@ -52,6 +54,11 @@ def test_skipped_data_is_logged_and_reported(tmp_path, digits_shards):
     assert ("undecodable", "digit-0005") in events
     assert ("truncated_shard", str(shards.shards[2])) in events
     assert json.loads((tmp_path / "run" / "report.json").read_text())["real_data"]["skipped"] == report["skipped"]
+    run.save()
+    shutil.rmtree(tmp_path / "shards")
+    reopened = open_run(tmp_path / "run")                          # sampling needs the weights, not the shards
+    noise, cond = reopened.fixed_inputs(4)
+    assert reopened.real_data is None and reopened.ema.model.sample(noise, cond).shape == (4, 1, 8, 8)
 
 
 class TinyCritic(nn.Module):
