@@ -54,6 +54,7 @@ def test_skipped_data_is_logged_and_reported(tmp_path, digits_shards):
     assert ("undecodable", "digit-0005") in events
     assert ("truncated_shard", str(shards.shards[2])) in events
     assert json.loads((tmp_path / "run" / "report.json").read_text())["real_data"]["skipped"] == report["skipped"]
+    run.write_config()
     run.save()
     shutil.rmtree(tmp_path / "shards")
     reopened = open_run(tmp_path / "run")                          # sampling needs the weights, not the shards
