@@ -13,6 +13,7 @@ import webdataset as wds
 
 from potstill.data.bad_samples import BadEvent
 from potstill.data.fields import BadSample, read_text
+from potstill.data.pack import TAR_OPTIONS
 from potstill.data.shard_stream import read_shards
 from potstill.data.shards import expand_shards, local_path
 
@@ -47,7 +48,7 @@ def embed_shards(pattern: str, out_dir: Path, encode, caption_field: str = "txt"
     for url in urls:
         target = out_dir / Path(local_path(url)).name
         partial = target.with_name(f".{target.name}.tmp")
-        with wds.TarWriter(str(partial)) as writer:
+        with wds.TarWriter(str(partial), **TAR_OPTIONS) as writer:
             pending: list[tuple[dict, str | None]] = []
             for sample in read_shards([url], summary.events):
                 summary.samples += 1

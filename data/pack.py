@@ -26,6 +26,9 @@ SIDECAR_EXTENSIONS = ("txt", "cls", "json")
 METADATA_FILE_COLUMNS = ("file", "file_name", "path")
 CAPTION_COLUMNS = ("caption", "text", "prompt")
 LABEL_COLUMNS = ("label", "class", "cls")
+# Plain tar headers (GNU long-name records only where a name needs them) and a fixed time: no pax header per
+# file, so shards are smaller and faster to read, and the same folder packs to the same bytes.
+TAR_OPTIONS = {"format": "GNU_FORMAT", "mtime": 0}
 
 
 @dataclass
@@ -150,7 +153,8 @@ def pack(source: Path, pattern: str, maxcount: int = 10_000, maxsize: float = 1e
     summary = PackSummary(classes=classes)
     staging = Path(tempfile.mkdtemp(prefix=".pack-", dir=out_dir))
     try:
-        with wds.ShardWriter(str(staging / Path(pattern).name), maxcount=maxcount, maxsize=maxsize, verbose=0) as w:
+        with wds.ShardWriter(str(staging / Path(pattern).name), maxcount=maxcount, maxsize=maxsize, verbose=0,
+                            **TAR_OPTIONS) as w:
             for sample in samples_of(source, media, table, classes):
                 w.write(sample)
                 summary.samples += 1

@@ -56,6 +56,15 @@ def test_pack_refuses_clashes_and_bad_patterns(tmp_path):
     assert brace_pattern("d/s-%06d.tar", 1) == "d/s-000000.tar"
 
 
+def test_packs_are_reproducible_and_take_long_names(tmp_path):
+    long_name = "a" * 90 + "/" + "b" * 120 + ".png"
+    source = make_folder(tmp_path / "src", ["x.png", long_name])
+    first = pack(source, str(tmp_path / "one" / "s-%02d.tar"))
+    again = pack(source, str(tmp_path / "two" / "s-%02d.tar"))
+    assert first.shards[0].read_bytes() == again.shards[0].read_bytes()       # no times or pax headers inside
+    assert sorted(s["__key__"] for s in samples_of(first.shards)) == [long_name[:-4], "x"]
+
+
 def test_jsonl_metadata(tmp_path):
     source = make_folder(tmp_path / "src", ["a.png"])
     (source / "meta.jsonl").write_text(json.dumps({"path": "a.png", "prompt": "red", "class": 2}) + "\n")
