@@ -94,20 +94,24 @@ def loader_rate(options: WebDatasetOptions, batch: int, batches: int) -> dict:
     return {"samples_per_sec": batch * batches / seconds, "sec_per_batch": seconds / batches, "first_batch_sec": first}
 
 
-def digits_step_seconds(batch: int, steps: int, real_data: list[str]) -> float:
-    """Median seconds per step of the demo's DMD2 run (critic every step, generator every 5th), after 2."""
+def digits_step_seconds(batch: int, steps: int, real_data: list[str]) -> dict:
+    """Median seconds per step of the demo's DMD2 run (critic every step, generator every 5th) after 2 warm-up
+    steps, and the mean seconds per step the loop waited for real data."""
     overrides = [f"train.batch_size={batch}", "train.progress=false", *real_data]
     distiller = Distiller(load_config(DIGITS_CONFIG, overrides))
     times = []
-    for _ in range(steps + 2):
+    for step in range(steps + 2):
+        if step == 2:
+            distiller.real_data.metrics()          # restart the wait counter after the warm-up
         start = time.perf_counter()
         distiller.train_step()
         times.append(time.perf_counter() - start)
-    return statistics.median(times[2:])
+    wait = distiller.real_data.metrics().get("data_wait_sec", 0.0) / steps
+    return {"sec_per_step": statistics.median(times[2:]), "data_wait_sec_per_step": wait}
 
 
 def markdown(results: dict) -> str:
-    step = results["distill_step_sec"]
+    step = results["training"]["in memory"]["sec_per_step"]
     lines = [f"Batch {results['batch']}; one digits DMD2 step (in-memory real data) takes {step:.3f} s "
              f"({results['batch'] / step:.0f} samples/s). Ratio = loader time per batch / step time: below 1 the "
              "loader keeps up.", "",
@@ -119,9 +123,10 @@ def markdown(results: dict) -> str:
                          f"{row['sec_per_batch']:.4f} | {row['sec_per_batch'] / step:.3f} | "
                          f"{row['first_batch_sec']:.2f} |")
     lines += ["", "Digits DMD2 training step with real digits streamed from shards vs held in memory:", "",
-              "| real data | s/step | ratio to in memory |", "|---|---|---|"]
-    for name, seconds in results["training"].items():
-        lines.append(f"| {name} | {seconds:.4f} | {seconds / results['training']['in memory']:.3f} |")
+              "| real data | s/step (median) | ratio to in memory | waited for data (s/step) |", "|---|---|---|---|"]
+    for name, row in results["training"].items():
+        lines.append(f"| {name} | {row['sec_per_step']:.4f} | {row['sec_per_step'] / step:.3f} | "
+                     f"{row['data_wait_sec_per_step']:.4f} |")
     lines += ["", f"{results['machine']}, torch {results['torch']}, {results['cores']} cores: workers share the cores "
               "with the training process, so on this machine more workers also slow the step."]
     return "\n".join(lines)
@@ -147,14 +152,13 @@ def main() -> None:
                           maxcount=spec["count"] // 8)
             corpora[kind] = (shards.pattern, {**spec["decode"], "condition": "label"})
             results["sources"][kind] = spec["source"]
-        results["distill_step_sec"] = digits_step_seconds(args.batch, args.steps, ["real_data=digits"])
+        results["training"]["in memory"] = digits_step_seconds(args.batch, args.steps, ["real_data=digits"])
         for kind, (pattern, decode) in corpora.items():
             results["loaders"][kind] = {}
             for workers in WORKERS:
                 options = from_dict(WebDatasetOptions, {"shards": pattern, "workers": workers, **decode}, "real_data")
                 results["loaders"][kind][workers] = loader_rate(options, args.batch, args.batches)
                 print(kind, workers, results["loaders"][kind][workers], flush=True)
-        results["training"]["in memory"] = results["distill_step_sec"]
         for workers in WORKERS:
             results["training"][f"shards, {workers} workers"] = digits_step_seconds(
                 args.batch, args.steps, [f"real_data.shards={digits}", f"real_data.workers={workers}"])
