@@ -26,19 +26,18 @@ def _inspect(args) -> None:
 
 
 def _embed(args) -> None:
-    from potstill.backbones.text_encoders import OpenClipTextEncoder, OpenClipTextOptions
-    from potstill.core.config import apply_overrides, from_dict, load_config
+    from potstill.core.config import apply_overrides, load_component, read_yaml
+    from potstill.core.registry import TEXT_ENCODERS
     from potstill.data.embed import embed_shards
 
     if args.config:
-        section = load_config(args.config).text_encoder
-        if section is None:
+        raw = read_yaml(Path(args.config)).get("text_encoder")
+        if raw is None:
             raise ValueError(f"--config {args.config}: has no text_encoder section")
-        options = section.options
     else:
-        raw = apply_overrides({"model": args.model, "checkpoint": args.checkpoint}, args.set)
-        options = from_dict(OpenClipTextOptions, raw, "text_encoder")
-    encoder = OpenClipTextEncoder(options)
+        raw = apply_overrides({"kind": "open_clip", "model": args.model, "checkpoint": args.checkpoint}, args.set)
+    section = load_component("text_encoder", raw)
+    encoder = TEXT_ENCODERS.get(section.kind, "text_encoder.kind").builder(section.options, None)
     summary = embed_shards(args.pattern, Path(args.out_dir), encoder.encode, args.caption_field, args.field)
     print(summary.describe())
     print(f"embedding width {encoder.dim}; train with real_data.condition: embedding, embedding_field: {args.field}")

@@ -76,6 +76,17 @@ def test_embed_writes_each_caption_embedding(embedded_shards, digits_shards):
     assert all(a["png"] == b["png"] and a["cls"] == b["cls"] for a, b in zip(after, before, strict=True))
 
 
+def test_embed_takes_a_run_configs_text_encoder(digits_shards, embedded_shards, tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text(json.dumps({"text_encoder": TEXT_ENCODER}))        # JSON is YAML
+    one_shard = digits_shards.replace("{000000..000005}", "000002")
+    main(["data", "embed", one_shard, str(tmp_path / "out"), "--config", str(config)])
+    assert "embedded 300 of 300 samples' captions into 1 shards" in capsys.readouterr().out
+    written = list(read_shards([str(tmp_path / "out" / "digits-000002.tar")], []))
+    same = list(read_shards([embedded_shards.replace("{000000..000005}", "000002")], []))
+    assert [s["text_emb.npy"] for s in written] == [s["text_emb.npy"] for s in same]
+
+
 @pytest.fixture(scope="module")
 def text_teacher(tmp_path_factory) -> str:
     """A small random DiT on 8x8 grey images conditioned on 16-wide pooled text embeddings."""
