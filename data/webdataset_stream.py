@@ -58,8 +58,7 @@ class WebDatasetStream(RealData):
     def _loader(self) -> Iterator[dict]:
         dataset = ShardStream(self.layout, self.decoder, self.batch_rows, self.epochs, self.positions)
         own_seed = torch.Generator().manual_seed(self.layout.seed)     # leaves the global RNG to the training loop
-        return iter(DataLoader(dataset, batch_size=None, num_workers=self.workers, generator=own_seed,
-                               prefetch_factor=4 if self.workers else None))
+        return iter(DataLoader(dataset, batch_size=None, num_workers=self.workers, generator=own_seed))
 
     def _take(self, batch: dict) -> None:
         for event in batch["events"]:
