@@ -13,6 +13,9 @@ def _pack(args) -> None:
                args.labels_from_folders).describe())
 
 
+INSPECT_SIZES = {"image": {"size": 64, "channels": 3}, "video": {"size": 64}}   # no teacher to take them from
+
+
 def _inspect(args) -> None:
     from potstill.core.config import apply_overrides, from_dict
     from potstill.data.inspect_shards import check_epoch, inspect_shards
@@ -20,8 +23,12 @@ def _inspect(args) -> None:
 
     print(inspect_shards(args.pattern, args.show))
     if args.media:
-        raw = apply_overrides({"shards": args.pattern, "media": args.media, "workers": args.workers}, args.set)
-        options = from_dict(WebDatasetOptions, raw, "real_data")
+        raw = {"shards": args.pattern, "media": args.media, "workers": args.workers, **INSPECT_SIZES}
+        options = from_dict(WebDatasetOptions, apply_overrides(raw, args.set), "real_data")
+        if args.media in INSPECT_SIZES:
+            shape = getattr(options, args.media)
+            print(f"decoding {args.media} at size {shape.size}, {shape.channels} channels "
+                  f"(--set {args.media}.size=... to change)")
         print(check_epoch(options, args.ranks, args.batch).describe())
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 from media_fixtures import corrupt, pack_folder, truncate_inside, write_media_folder
 
+from potstill.cli import main
 from potstill.core.config import from_dict
 from potstill.data.shards import expand_shards
 from potstill.data.webdataset_source import WebDatasetOptions, open_stream
@@ -124,3 +125,12 @@ def test_too_few_shards_for_the_ranks_and_workers(damaged_shards):
     resampled = open_stream(options(shards, media, resampled=True), 2, seed=0, rank=3, world_size=4)
     x, labels = resampled.next(8)
     assert x.shape == (8, *SHAPES[media]) and labels.shape == (8,)
+
+
+def test_inspect_reads_one_epoch_as_two_ranks_of_two_workers(damaged_shards, capsys):
+    media, shards, intact, cut_shard = damaged_shards
+    main(["data", "inspect", shards, "--media", media, "--ranks", "2", "--workers", "2", "--set", "video.frames=4"])
+    out = capsys.readouterr().out
+    assert f"one epoch over 2 ranks: {len(intact)} samples, 0 delivered twice" in out
+    assert f"in {cut_shard}: truncated_shard" in out
+    assert "skipped 'item-004' in" in out and ": undecodable:" in out
