@@ -396,8 +396,9 @@ class Distiller:
                                                 self.engine.device)}
         local, total = self.engine.parameter_share(self.teacher)
         report["teacher_parameters"] = {"ranks": self.engine.world_size, "main_rank_holds": local, "total": total}
-        if self.real_data is not None and self.real_data.report():
-            report["real_data"] = self.real_data.report()
+        data_report = self.real_data.report() if self.real_data is not None else {}
+        if data_report:
+            report["real_data"] = data_report
         if self.run_dir and self.engine.is_main:
             (self.run_dir / "report.json").write_text(json.dumps(report, indent=2))
         return report

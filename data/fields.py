@@ -12,7 +12,8 @@ import numpy as np
 import torch
 from safetensors.torch import load as load_safetensors
 
-TENSOR_EXTENSIONS = ("npy", "pt", "pth", "safetensors")
+TENSOR_FIELDS = ["npy", "pt", "pth", "safetensors"]
+NPY_MAGIC, ZIP_MAGIC = b"\x93NUMPY", b"PK\x03\x04"
 
 
 class BadSample(ValueError):
@@ -72,24 +73,19 @@ def read_label(sample: dict, spec: str) -> int:
         raise BadSample("bad_label", f"{spec} is {value!r}, not an integer class label") from None
 
 
-def decode_tensor(data: bytes, extension: str, name: str | None = None) -> torch.Tensor:
-    """A tensor stored as npy, pt (loaded with weights_only) or safetensors (the tensor `name`, or its only one)."""
-    if extension == "npy":
+def decode_tensor(data: bytes, name: str | None = None) -> torch.Tensor:
+    """A stored tensor, told apart by its first bytes: npy, torch.save (loaded with weights_only) or
+    safetensors (the tensor `name`, or its only one)."""
+    if data.startswith(NPY_MAGIC):
         return torch.from_numpy(np.load(io.BytesIO(data), allow_pickle=False).copy())
-    if extension in ("pt", "pth"):
+    if data.startswith(ZIP_MAGIC):
         value = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         if not isinstance(value, torch.Tensor):
-            raise BadSample("bad_tensor", f"the .{extension} field holds a {type(value).__name__}, not a tensor")
+            raise BadSample("bad_tensor", f"a torch.save field holds a {type(value).__name__}, not a tensor")
         return value
-    if extension == "safetensors":
-        tensors = load_safetensors(data)
-        if name is None and len(tensors) == 1:
-            return next(iter(tensors.values()))
-        if name not in tensors:
-            raise BadSample("bad_tensor", f"safetensors field has {sorted(tensors)}; name one with tensor_name")
-        return tensors[name]
-    raise BadSample("bad_tensor", f"cannot read .{extension} as a tensor (use {', '.join(TENSOR_EXTENSIONS)})")
-
-
-def extension_of(field: str) -> str:
-    return field.rsplit(".", 1)[-1].lower()
+    tensors = load_safetensors(data)
+    if name is None and len(tensors) == 1:
+        return next(iter(tensors.values()))
+    if name not in tensors:
+        raise BadSample("bad_tensor", f"safetensors field has {sorted(tensors)}; name one with tensor_name")
+    return tensors[name]

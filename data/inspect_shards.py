@@ -85,8 +85,8 @@ class EpochCheck:
         total = sum(len(k) for k in self.keys)
         lines.append(f"one epoch over {len(self.keys)} ranks: {total} samples, {self.duplicates} delivered twice, "
                      f"decoded shape {self.shape}")
-        lines += [f"rank {rank}: skipped {e['key']!r} in {e['shard']}: {e['reason']}: {e['detail']}"
-                  for rank, report in enumerate(self.reports) for e in report["recent"]]
+        lines += [f"rank {rank}: {BadEvent(**event).describe()}"
+                  for rank, report in enumerate(self.reports) for event in report["recent"]]
         return "\n".join(lines)
 
 

@@ -19,7 +19,7 @@ import webdataset as wds
 from potstill.data.decode_audio import AUDIO_FIELDS
 from potstill.data.decode_image import IMAGE_FIELDS
 from potstill.data.decode_video import VIDEO_FIELDS
-from potstill.data.sample_decoder import TENSOR_FIELDS
+from potstill.data.fields import TENSOR_FIELDS
 
 MEDIA_EXTENSIONS = frozenset(IMAGE_FIELDS + VIDEO_FIELDS + AUDIO_FIELDS + TENSOR_FIELDS)
 SIDECAR_EXTENSIONS = ("txt", "cls", "json")

@@ -13,9 +13,9 @@ from potstill.data.decode_audio import AudioDecoder
 from potstill.data.decode_image import ImageDecoder
 from potstill.data.decode_video import VideoDecoder
 from potstill.data.fields import (
+    TENSOR_FIELDS,
     BadSample,
     decode_tensor,
-    extension_of,
     first_present,
     read_label,
     read_text,
@@ -24,8 +24,6 @@ from potstill.data.fields import (
 
 Media = Literal["image", "video", "audio", "tensor"]
 Condition = Literal["none", "label", "caption", "embedding"]
-TENSOR_FIELDS = ["npy", "pt", "safetensors"]
-NPY_MAGIC, ZIP_MAGIC = b"\x93NUMPY", b"PK\x03\x04"
 
 
 @dataclass
@@ -36,15 +34,6 @@ class TensorDecodeOptions:
     tensor_name: str | None = None
 
 
-def stored_extension(data: bytes) -> str:
-    """npy, pt or safetensors, told apart by their first bytes."""
-    if data.startswith(NPY_MAGIC):
-        return "npy"
-    if data.startswith(ZIP_MAGIC):
-        return "pt"
-    return "safetensors"
-
-
 @dataclass
 class TensorDecoder:
     """Bytes of a stored tensor -> float32 tensor."""
@@ -53,7 +42,7 @@ class TensorDecoder:
 
     def __call__(self, data: bytes, rng: np.random.Generator) -> torch.Tensor:
         try:
-            return decode_tensor(data, stored_extension(data), self.tensor_name).float()
+            return decode_tensor(data, self.tensor_name).float()
         except BadSample:
             raise
         except Exception as error:
@@ -85,7 +74,7 @@ class SampleDecoder:
             value = read_value(sample, self.condition_field)
             if not isinstance(value, bytes):
                 return torch.tensor(value, dtype=torch.float32)
-            return decode_tensor(value, extension_of(self.condition_field)).float().flatten()
+            return decode_tensor(value).float().flatten()
         return None
 
 

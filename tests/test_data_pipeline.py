@@ -132,5 +132,5 @@ def test_inspect_reads_one_epoch_as_two_ranks_of_two_workers(damaged_shards, cap
     main(["data", "inspect", shards, "--media", media, "--ranks", "2", "--workers", "2", "--set", "video.frames=4"])
     out = capsys.readouterr().out
     assert f"one epoch over 2 ranks: {len(intact)} samples, 0 delivered twice" in out
-    assert f"in {cut_shard}: truncated_shard" in out
-    assert "skipped 'item-004' in" in out and ": undecodable:" in out
+    assert f"skipped shard {cut_shard}: truncated_shard" in out
+    assert "skipped sample 'item-004' in" in out and ": undecodable:" in out
