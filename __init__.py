@@ -1,12 +1,21 @@
 """potstill: distil many-step diffusion and flow-matching teachers into one-step and few-step generators.
 
-Importing the package registers the built-in objectives, adversaries, engines, backbones, modalities
-and data sources, so a config can name any of them."""
+The built-in objectives, adversaries, engines, backbones, modalities and data sources register the first
+time any registry is read, so a config can name any of them while `import potstill` (and `potstill --help`)
+stays free of torch."""
 
-from potstill import backbones, data, modalities  # registers modality components
-from potstill.core import adversarial, deepspeed_engine, engine, from_teacher, objectives  # registers core components
+from potstill.core.registry import on_first_lookup
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "adversarial", "backbones", "data", "deepspeed_engine", "engine", "from_teacher",
-           "modalities", "objectives"]
+
+def import_builtins() -> None:
+    """Import every built-in component module, which registers it."""
+    from potstill import backbones, modalities  # noqa: F401
+    from potstill.core import adversarial, deepspeed_engine, engine, from_teacher, objectives  # noqa: F401
+    from potstill.data import digits, webdataset_source  # noqa: F401
+
+
+on_first_lookup(import_builtins)
+
+__all__ = ["__version__", "import_builtins"]

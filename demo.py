@@ -11,8 +11,6 @@ import torch
 from torchvision.utils import save_image
 
 from potstill.core.config import load_config
-from potstill.core.evaluation import evaluate_teacher
-from potstill.core.samplers import default_solver
 from potstill.data.digits import pack_digits
 from potstill.data.shards import expand_shards
 from potstill.runs import distill
@@ -56,18 +54,17 @@ def ensure_real_shards(shards: str) -> None:
 
 
 def run_demo(out: Path, steps: int | None = None) -> dict:
-    overrides = [f"train.steps={steps}"] if steps else []
+    if steps is not None and steps < 1:
+        raise ValueError(f"--steps {steps}: the demo needs at least 1 training step")
+    overrides = [f"eval.teacher_nfe={list(TEACHER_NFE)}"] + ([f"train.steps={steps}"] if steps is not None else [])
     config = load_config(demo_config_path(), overrides)
-    ensure_real_shards(config.real_data.options.shards)
     out = Path(out)
-    distiller = distill(config, out, resume=False) if not (out / "checkpoints").exists() else None
-    if distiller is None:
+    if (out / "checkpoints").exists():
         raise FileExistsError(f"{out}: already holds a run; remove it or pass another --out")
+    ensure_real_shards(config.real_data.options.shards)
+    distiller = distill(config, out, resume=False)
     report = json.loads((out / "report.json").read_text())
-    e = config.eval
-    rows = [{"model": "teacher", **evaluate_teacher(distiller.modality, distiller.teacher, nfe, e.n_samples,
-                                                     e.batch_size)} | {"solver": default_solver(nfe)}
-            for nfe in TEACHER_NFE]
+    rows = [{"model": "teacher", **row} for row in report["teacher"]]
     rows.append({"model": "student (one step)", **report["student"]})
     report["table"] = rows
     report["grid"] = str(comparison_grid(distiller, out / "teacher_vs_student.png"))

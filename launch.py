@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
 
@@ -37,7 +36,7 @@ def run(args: argparse.Namespace) -> None:
         raise ValueError(f"engine.kind: {config.engine.kind!r} runs one process but this launch has {world} ranks; "
                          "set engine.kind=deepspeed (or launch one process)")
     out = Path(args.out) if args.out else default_run_dir(args.config)
-    distiller = distill(config, out, args.resume)
+    distiller = distill(config, out, args.resume, args.allow_change)
     engine = distiller.engine
     local, total = engine.parameter_share(distiller.teacher)
     print(f"rank {engine.rank}/{engine.world_size}: teacher parameters held {local} of {total}"
@@ -49,12 +48,10 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from potstill.cli import run_reporting_errors
+
     args = parse_args(argv)
-    try:
-        run(args)
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as error:
-        print(f"potstill.launch: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+    run_reporting_errors("potstill.launch", lambda: run(args))
 
 
 if __name__ == "__main__":

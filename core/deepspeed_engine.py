@@ -148,6 +148,7 @@ class DeepSpeedEngine(Engine):
             names = ", ".join(p.name for p in trainable.parts)
             raise NonFiniteError(f"{names}: gradient norm is {norm} at step {self.step_index} "
                                  "(DeepSpeed has applied it; resume from the last checkpoint)")
+        self.check_updated_parameters(trainable)
         return {trainable.parts[0].name if len(trainable.parts) == 1 else trainable.name: norm}
 
     def full_state_dict(self, module: nn.Module) -> dict[str, torch.Tensor]:
@@ -186,6 +187,18 @@ class DeepSpeedEngine(Engine):
                 raise FileNotFoundError(f"{path}: no DeepSpeed checkpoint for {t.name!r}; was the run trained with "
                                         "engine.kind deepspeed?")
             t.backend.load_checkpoint(str(path), tag=TAG, load_optimizer_states=True, load_lr_scheduler_states=False)
+            self.apply_optim_settings(t)
+
+    def optimizer_groups(self, trainable: Trainable) -> list[dict]:
+        return trainable.backend.optimizer.param_groups
+
+    def local_parameters(self, module: nn.Module) -> list[tuple[str, torch.Tensor]]:
+        return [(n, getattr(p, "ds_tensor", p)) for n, p in module.named_parameters() if p.requires_grad]
+
+    def max_over_ranks(self, value: int) -> int:
+        box = torch.tensor([value], dtype=torch.int64, device=self.device)
+        torch.distributed.all_reduce(box, op=torch.distributed.ReduceOp.MAX)
+        return int(box.item())
 
     def reduce_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
         if not metrics:

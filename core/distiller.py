@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 from tqdm import tqdm
 
@@ -20,13 +19,16 @@ from potstill.core import checkpoint as ckpt
 from potstill.core import parallel
 from potstill.core import registry as reg
 from potstill.core.config import RunConfig, to_dict
+from potstill.core.config_changes import write_config_file
 from potstill.core.denoiser import Denoiser
 from potstill.core.ema import EMA
-from potstill.core.engine import Engine, Part, Trainable
-from potstill.core.evaluation import evaluate_generator
+from potstill.core.engine import Engine, NonFiniteError, Part, Trainable, first_nonfinite
+from potstill.core.evaluation import evaluate_generator, evaluate_teacher
 from potstill.core.generator import Generator
 from potstill.core.modality import Modality
+from potstill.core.preemption import Preempted, StopRequests
 from potstill.core.run_log import RunLog
+from potstill.core.samplers import default_solver
 from potstill.core.tensors import to_device
 
 
@@ -54,28 +56,58 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def rng_state() -> dict:
+    """Every generator's state as tensors and plain values, so `state.pt` loads with `weights_only=True`."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+            "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["position"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    random.setstate(state["python"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 def has_parameters(module: nn.Module | None) -> bool:
     return module is not None and any(p.requires_grad for p in module.parameters())
 
 
-class MicroBatchMean:
-    """Logged scalars averaged over the micro-batches of one optimizer step."""
+class RunningMean:
+    """Scalars averaged over the times each was added: a step's micro-batches, or the steps since the last log
+    line (the generator's losses appear only every `generator_every` steps and are averaged over those)."""
 
     def __init__(self) -> None:
         self.sums: dict[str, float] = {}
-        self.count = 0
+        self.counts: dict[str, int] = {}
 
     def add(self, metrics: dict[str, float]) -> None:
-        self.count += 1
         for key, value in metrics.items():
             self.sums[key] = self.sums.get(key, 0.0) + value
+            self.counts[key] = self.counts.get(key, 0) + 1
 
     def mean(self) -> dict[str, float]:
-        return {key: value / self.count for key, value in self.sums.items()}
+        return {key: value / self.counts[key] for key, value in self.sums.items()}
 
 
 GRAD_NORM_KEYS = {"generator": "g_grad_norm", "fake_score": "fake_grad_norm", "discriminator": "d_grad_norm",
                   "critic": "critic_grad_norm"}
+
+
+PROGRESS_SKIPS = ("grad_norm", "data_", "sec_per_step")
+
+
+def progress_summary(metrics: dict[str, float], width: int = 4) -> dict[str, str]:
+    """The first few losses of a log line for the progress bar (grad norms and data counters left out)."""
+    losses = [(k, v) for k, v in metrics.items() if not any(skip in k for skip in PROGRESS_SKIPS)]
+    return {k: f"{v:.3g}" for k, v in losses[:width]}
 
 
 def enable_activation_checkpointing(modules: list[nn.Module]) -> None:
@@ -127,6 +159,7 @@ class Distiller:
         self.teacher = self.engine.prepare_frozen("teacher", self.teacher, config.teacher.shard)
         self.ema.model = self.engine.prepare_frozen("generator_ema", self.ema.model, self.engine.partitions_trained())
         self.step = 0
+        self.last_generator_step: int | None = None
 
     def _build_adversary(self, context: BuildContext) -> nn.Module | None:
         """The configured adversary, or the objective's own when it is adversarial (ADD, LADD, APT)."""
@@ -202,7 +235,7 @@ class Distiller:
         train_fake = self.trains_fake and self.objective.uses_fake_score
         if not train_fake and not use_d:
             return {}
-        metrics = MicroBatchMean()
+        metrics = RunningMean()
         for _ in range(self.config.train.grad_accum):
             metrics.add(self._critic_micro_batch(train_fake, use_d))
         return metrics.mean() | self._grad_norms(self.critic_train)
@@ -211,6 +244,9 @@ class Distiller:
         with torch.no_grad(), self.engine.autocast():
             noise, cond = self.draw_local_inputs(self.micro_batch)
             x = self.generator(noise, cond).float()
+        if self.engine.max_over_ranks(int(not torch.isfinite(x).all())):
+            raise NonFiniteError(f"generator: its samples are not finite at step {self.step}, before the critic "
+                                 f"saw them; the generator's last update (step {self.last_generator_step}) diverged")
         metrics: dict[str, float] = {}
         loss = torch.zeros((), device=self.engine.device)
         needs_real = use_d or (train_fake and self.objective.needs_real_data)
@@ -233,7 +269,7 @@ class Distiller:
         for module in frozen:
             module.requires_grad_(False)
         try:
-            metrics = MicroBatchMean()
+            metrics = RunningMean()
             for _ in range(self.config.train.grad_accum):
                 metrics.add(self._generator_micro_batch())
             result = metrics.mean() | self._grad_norms(self.g_train)
@@ -241,6 +277,7 @@ class Distiller:
             for module in frozen:
                 module.requires_grad_(True)
         self.ema.update(self.generator)
+        self.last_generator_step = self.step
         return result
 
     def _generator_micro_batch(self) -> dict[str, float]:
@@ -268,27 +305,33 @@ class Distiller:
         return metrics
 
     def train(self, steps: int | None = None) -> None:
-        """Run until `train.steps` (or `steps` more iterations), logging and checkpointing on the way."""
+        """Run until `train.steps` (or `steps` more iterations), logging and checkpointing on the way. A SIGTERM
+        or SIGINT stops it at the next step boundary with a checkpoint (raising `Preempted`)."""
         train = self.config.train
         end = train.steps if steps is None else min(train.steps, self.step + steps)
         log = RunLog(self.run_dir / "logs", self.step) if self.run_dir and self.engine.is_main else None
         bar = tqdm(total=end, initial=self.step, disable=not (train.progress and self.engine.is_main), desc="distill",
                    dynamic_ncols=True)
-        start, first = time.perf_counter(), self.step
+        start, first, window = time.perf_counter(), self.step, RunningMean()
         try:
-            while self.step < end:
-                metrics = self.train_step()
-                bar.update(1)
-                if self.run_dir and (self.step % train.log_every == 0 or self.step == end):
-                    metrics = self.engine.reduce_metrics(metrics) | self.data_metrics()
-                    metrics["sec_per_step"] = (time.perf_counter() - start) / (self.step - first)
-                    if log:
-                        log.write(self.step, metrics)
-                    bar.set_postfix({k: f"{v:.3g}" for k, v in list(metrics.items())[:3]})
-                if self.run_dir and train.sample_every and self.step % train.sample_every == 0:
-                    self.save_samples()
-                if self.run_dir and train.checkpoint_every and self.step % train.checkpoint_every == 0:
-                    self.save()
+            with StopRequests() as stop:
+                while self.step < end:
+                    window.add(self.train_step())
+                    bar.update(1)
+                    if self.run_dir and (self.step % train.log_every == 0 or self.step == end):
+                        metrics = self.engine.reduce_metrics(window.mean()) | self.data_metrics()
+                        metrics["sec_per_step"] = (time.perf_counter() - start) / (self.step - first)
+                        window = RunningMean()
+                        if log:
+                            log.write(self.step, metrics)
+                        bar.set_postfix(progress_summary(metrics))
+                    if self.run_dir and train.sample_every and self.step % train.sample_every == 0:
+                        self.save_samples()
+                    if self.run_dir and train.checkpoint_every and self.step % train.checkpoint_every == 0:
+                        self.save()
+                    signum = self.engine.max_over_ranks(stop.signum)
+                    if signum:
+                        raise Preempted(signum, self.step, self.save() if self.run_dir else None)
         finally:
             bar.close()
             if log:
@@ -297,9 +340,7 @@ class Distiller:
     # ---- run directory ------------------------------------------------------------------------
 
     def write_config(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.run_dir / "config.yaml", "w") as f:
-            yaml.safe_dump(to_dict(self.config), f, sort_keys=False)
+        write_config_file(self.run_dir / "config.yaml", to_dict(self.config))
 
     def _saved_modules(self) -> list[tuple[str, nn.Module]]:
         """The models a checkpoint holds as safetensors, by file name."""
@@ -313,9 +354,14 @@ class Distiller:
         return modules
 
     def save(self) -> Path:
-        """Write a checkpoint atomically; under DeepSpeed every rank takes part and the main rank commits it."""
-        weights = {name: self.engine.full_state_dict(module) for name, module in self._saved_modules()}
+        """Write a checkpoint atomically; under DeepSpeed every rank takes part and the main rank commits it. A
+        step already saved intact is not written again; a model with a NaN or infinity is never saved."""
         folder = self.run_dir / "checkpoints"
+        final = ckpt.final_folder(folder, self.step)
+        if self.engine.broadcast(self.engine.is_main and ckpt.checkpoint_problem(final) is None):
+            return final
+        weights = {name: self.engine.full_state_dict(module) for name, module in self._saved_modules()}
+        self._refuse_nonfinite(weights)
         staging = ckpt.staging_folder(folder, self.step)
         if self.engine.is_main:
             ckpt.clear_folder(staging)
@@ -323,35 +369,35 @@ class Distiller:
         optimizers = self.engine.save_training_state(staging, self.trainables)
         real_states = self.engine.gather(self.real_data.state_dict()) if self.real_data is not None else None
         self.engine.barrier()
-        final = ckpt.final_folder(folder, self.step)
         if self.engine.is_main:
-            state = {
-                "step": self.step,
-                "optimizers": optimizers,
-                "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-                "real_data": real_states,
-            }
+            state = {"step": self.step, "optimizers": optimizers, "rng": rng_state(), "real_data": real_states}
             ckpt.write_checkpoint(staging, weights, state)
+            ckpt.write_manifest(staging, self.step)
             ckpt.commit_checkpoint(folder, staging, final, self.config.train.keep_checkpoints)
         self.engine.barrier()
         return final
 
+    def _refuse_nonfinite(self, weights: dict[str, dict[str, torch.Tensor]]) -> None:
+        bad = next((f"{name}.{key}" for name, tensors in weights.items()
+                    if (key := first_nonfinite(list(tensors.items()))) is not None), None)
+        bad = self.engine.broadcast(bad)
+        if bad is not None:
+            raise NonFiniteError(f"{bad} is not finite at step {self.step}; the checkpoint was not written, so a "
+                                 "poisoned model never becomes the run's latest")
+
     def load(self, checkpoint: Path, training_state: bool = True) -> None:
-        """Load weights (and, for resuming, optimizer, RNG, data and step state) from a checkpoint."""
+        """Load weights (and, for resuming, optimizer, RNG, data and step state) from a checkpoint, after
+        checking its files against the manifest (weights only, when not resuming)."""
+        ckpt.verify_checkpoint(checkpoint, None if training_state else ckpt.is_weights_file)
         for name, module in self._saved_modules():
             self.engine.load_full_state_dict(module, ckpt.load_weights(checkpoint, name))
         if not training_state:
+            self.step = ckpt.checkpoint_step(checkpoint)
             return
         state = ckpt.load_state(checkpoint)
         self.step = state["step"]
         self.engine.load_training_state(checkpoint, self.trainables, state["optimizers"])
-        rng = state["rng"]
-        torch.set_rng_state(rng["torch"])
-        np.random.set_state(rng["numpy"])
-        random.setstate(rng["python"])
-        if rng["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        set_rng_state(state["rng"])
         if self.real_data is not None:
             self.real_data.load_state_dict(self._own_stream_state(state["real_data"]))
 
@@ -366,7 +412,7 @@ class Distiller:
         return states[self.engine.rank]
 
     def resume(self) -> bool:
-        """Continue from the run directory's latest checkpoint; False when there is none."""
+        """Continue from the run directory's latest intact checkpoint; False when there is none."""
         latest = ckpt.latest_checkpoint(self.run_dir / "checkpoints")
         if latest is None:
             return False
@@ -389,16 +435,23 @@ class Distiller:
         return path
 
     def evaluate(self) -> dict:
-        """Metrics of the EMA student on the evaluation budget, written to `report.json` by the main rank."""
+        """Metrics of the EMA student (and of the teacher at each `eval.teacher_nfe`) on the evaluation budget,
+        merged into `report.json` by the main rank: sections written by others (the real-data record, the demo's
+        table) are kept."""
         e = self.config.eval
-        report = {"step": self.step,
-                  "student": evaluate_generator(self.modality, self.ema.model, e.n_samples, e.batch_size,
-                                                self.engine.device)}
+        device = self.engine.device
+        report = {"step": self.step, "n_samples": e.n_samples,
+                  "student": evaluate_generator(self.modality, self.ema.model, e.n_samples, e.batch_size, device)}
+        if e.teacher_nfe:
+            report["teacher"] = [evaluate_teacher(self.modality, self.teacher, nfe, e.n_samples, e.batch_size, device)
+                                 | {"solver": default_solver(nfe)} for nfe in e.teacher_nfe]
         local, total = self.engine.parameter_share(self.teacher)
         report["teacher_parameters"] = {"ranks": self.engine.world_size, "main_rank_holds": local, "total": total}
         data_report = self.real_data.report() if self.real_data is not None else {}
         if data_report:
             report["real_data"] = data_report
         if self.run_dir and self.engine.is_main:
-            (self.run_dir / "report.json").write_text(json.dumps(report, indent=2))
+            path = self.run_dir / "report.json"
+            kept = json.loads(path.read_text()) if path.is_file() else {}
+            ckpt.write_text_atomic(path, json.dumps(kept | report, indent=2))
         return report

@@ -63,6 +63,27 @@ def check_finite_loss(loss: torch.Tensor, what: str, step: int) -> None:
         raise NonFiniteError(f"{what} loss is {loss.item()} at step {step}")
 
 
+def first_nonfinite(named: list[tuple[str, torch.Tensor]]) -> str | None:
+    """The name of the first tensor holding a NaN or infinity, or None. One fused norm decides whether to look,
+    so the common, finite case costs one synchronisation."""
+    tensors = [t for _, t in named if t.is_floating_point() and t.numel()]
+    if not tensors or torch.isfinite(torch.nn.utils.get_total_norm(tensors)):
+        return None
+    return next((name for name, t in named if t.is_floating_point() and not torch.isfinite(t).all()), None)
+
+
+def explain_nonfinite_norm(part: Part, norm: float, step: int) -> str:
+    """Why a part's gradient norm is not finite: the first non-finite gradient, or, when every gradient is
+    finite and only their global norm overflowed, the largest one."""
+    grads = [(n, p.grad) for n, p in part.module.named_parameters() if p.grad is not None]
+    bad = first_nonfinite(grads)
+    if bad is not None:
+        return f"{part.name}: gradient of {bad} is not finite at step {step}"
+    name, largest = max(((n, g.abs().max().item()) for n, g in grads), key=lambda item: item[1])
+    return (f"{part.name}: the global gradient norm overflowed to {norm} at step {step} though every gradient is "
+            f"finite; the largest is {name} (max |g| = {largest:.3g}); lower optim.{part.name}.lr or the loss scale")
+
+
 class Engine(ABC):
     """Wraps trained models with their optimizers, places frozen ones, and runs backward and steps."""
 
@@ -131,10 +152,41 @@ class Engine(ABC):
             if t.name not in saved:
                 raise KeyError(f"{folder}: checkpoint has no optimizer state for {t.name!r}")
             t.backend.load_state_dict(saved[t.name])
+            self.apply_optim_settings(t)
 
     def reduce_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
         """Metrics averaged over ranks (every rank must call this at the same step)."""
         return metrics
+
+    def max_over_ranks(self, value: int) -> int:
+        """The largest of every rank's `value` (every rank must call this at the same step)."""
+        return value
+
+    def optimizer_groups(self, trainable: Trainable) -> list[dict]:
+        """The optimizer's parameter groups, one per part, in the order of `trainable.parts`."""
+        return trainable.backend.param_groups
+
+    def apply_optim_settings(self, trainable: Trainable) -> None:
+        """Put each part's configured AdamW settings into its parameter group: a loaded optimizer state brings
+        the settings it was saved with, and a resume that changed `optim.*` must train with the new ones."""
+        for group, part in zip(self.optimizer_groups(trainable), trainable.parts, strict=True):
+            o = part.optim
+            group.update(lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, eps=o.eps)
+
+    def local_parameters(self, module: nn.Module) -> list[tuple[str, torch.Tensor]]:
+        """This rank's share of a model's trained parameters (all of them in one process)."""
+        return [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+
+    def check_updated_parameters(self, trainable: Trainable) -> None:
+        """Stop at the update that made a parameter NaN or infinite, naming the model and the tensor, so the
+        blow-up is not blamed on the next model whose loss reads it."""
+        found = [(part.name, first_nonfinite(self.local_parameters(part.module))) for part in trainable.parts]
+        bad = [(name, tensor) for name, tensor in found if tensor is not None]
+        if not self.max_over_ranks(int(bool(bad))):
+            return
+        where = f"{bad[0][0]}: parameter {bad[0][1]}" if bad else ", ".join(p.name for p in trainable.parts)
+        raise NonFiniteError(f"{where} is not finite after the {trainable.name} update at step {self.step_index}; "
+                             f"the update diverged (lower its optim.*.lr or set optim.*.grad_clip)")
 
     def barrier(self) -> None:  # noqa: B027  (one process: nothing to wait for)
         """Wait for every rank."""
@@ -187,14 +239,13 @@ class PlainEngine(Engine):
             grads = [p.grad for p in params if p.grad is not None]
             norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
             if not torch.isfinite(norm):
-                bad = next(n for n, p in part.module.named_parameters()
-                           if p.grad is not None and not torch.isfinite(p.grad).all())
-                raise NonFiniteError(f"{part.name}: gradient of {bad} is not finite at step {self.step_index}")
+                raise NonFiniteError(explain_nonfinite_norm(part, norm.item(), self.step_index))
             if part.optim.grad_clip:
                 torch.nn.utils.clip_grads_with_norm_(params, part.optim.grad_clip, norm)
             norms[part.name] = norm.item()
         trainable.backend.step()
         trainable.backend.zero_grad(set_to_none=True)
+        self.check_updated_parameters(trainable)
         return norms
 
 

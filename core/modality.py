@@ -11,6 +11,7 @@ import torch
 
 class Modality(ABC):
     sample_shape: tuple[int, ...]
+    sample_formats: tuple[str, ...] = ()     # file suffixes `save_samples` writes for a person to look at
 
     @abstractmethod
     def draw_inputs(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, object]:
@@ -22,7 +23,8 @@ class Modality(ABC):
 
     @abstractmethod
     def save_samples(self, samples: torch.Tensor, cond, path: Path) -> Path:
-        """Write samples for a person to look at; returns the file written."""
+        """Write samples for a person to look at at `path` (its suffix one of `sample_formats`, or none for the
+        modality's usual view); returns the file written. Nothing else is written beside it."""
 
     @abstractmethod
     def evaluate(self, samples: torch.Tensor, cond) -> dict[str, float]:

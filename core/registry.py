@@ -23,6 +23,20 @@ class UnknownNameError(KeyError):
         return str(self.args[0])
 
 
+_PENDING_LOADERS: list[Callable[[], None]] = []
+
+
+def on_first_lookup(loader: Callable[[], None]) -> None:
+    """Run `loader` (which imports and so registers components) before any registry is first read: importing
+    the package stays cheap, so `potstill --help` starts without torch."""
+    _PENDING_LOADERS.append(loader)
+
+
+def _run_pending_loaders() -> None:
+    while _PENDING_LOADERS:
+        _PENDING_LOADERS.pop(0)()
+
+
 class Registry:
     """A name -> (builder, options dataclass) table for one kind of component."""
 
@@ -43,6 +57,7 @@ class Registry:
 
     def get(self, name: str, key: str | None = None) -> Entry:
         """The entry for `name`; an unknown name raises an error naming the config key and the choices."""
+        _run_pending_loaders()
         if name not in self._entries:
             where = f"{key}: " if key else ""
             raise UnknownNameError(
@@ -51,9 +66,11 @@ class Registry:
         return self._entries[name]
 
     def names(self) -> list[str]:
+        _run_pending_loaders()
         return sorted(self._entries)
 
     def __contains__(self, name: str) -> bool:
+        _run_pending_loaders()
         return name in self._entries
 
 

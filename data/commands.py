@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -14,6 +15,7 @@ def _pack(args) -> None:
 
 
 INSPECT_SIZES = {"image": {"size": 64, "channels": 3}, "video": {"size": 64}}   # no teacher to take them from
+DAMAGED_EXIT = 1    # shards were read and some are damaged; 2 stays the CLI's exit status for bad input
 
 
 def _inspect(args) -> None:
@@ -21,7 +23,8 @@ def _inspect(args) -> None:
     from potstill.data.inspect_shards import check_epoch, inspect_shards
     from potstill.data.webdataset_source import WebDatasetOptions
 
-    print(inspect_shards(args.pattern, args.show))
+    report = inspect_shards(args.pattern, args.show)
+    print(report.describe())
     if args.media:
         raw = {"shards": args.pattern, "media": args.media, "workers": args.workers, **INSPECT_SIZES}
         options = from_dict(WebDatasetOptions, apply_overrides(raw, args.set), "real_data")
@@ -30,13 +33,18 @@ def _inspect(args) -> None:
             print(f"decoding {args.media} at size {shape.size}, {shape.channels} channels "
                   f"(--set {args.media}.size=... to change)")
         print(check_epoch(options, args.ranks, args.batch).describe())
+    if report.damaged:
+        print(f"potstill: {len(report.damaged)} of {len(report.shards)} shards are truncated or unreadable",
+              file=sys.stderr)
+        raise SystemExit(DAMAGED_EXIT)
 
 
 def _embed(args) -> None:
     from potstill.core.config import apply_overrides, load_component, read_yaml
     from potstill.core.registry import TEXT_ENCODERS
-    from potstill.data.embed import embed_shards
+    from potstill.data.embed import embed_shards, shard_targets
 
+    shard_targets(args.pattern, Path(args.out_dir))     # a bad OUT_DIR fails before the encoder is loaded
     if args.config:
         raw = read_yaml(Path(args.config)).get("text_encoder")
         if raw is None:
@@ -73,7 +81,11 @@ def add_data_commands(sub: argparse._SubParsersAction) -> None:
                    help="cls = index of the first sub-folder's name in sorted order")
     p.set_defaults(func=_pack)
 
-    p = commands.add_parser("inspect", help="counts, fields and samples of shards; with --media, decode one epoch")
+    p = commands.add_parser("inspect", help="counts, fields and samples of shards; with --media, decode one epoch",
+                            description="Counts, fields and samples of shards; with --media, one epoch decoded "
+                                        "through the training pipeline. Exit status: 0 when every shard reads to "
+                                        f"its end, {DAMAGED_EXIT} when any is truncated or unreadable (after the "
+                                        "whole report), 2 on a usage or input error.")
     p.add_argument("pattern", help="shards, e.g. 'shards/train-{000000..000009}.tar'")
     p.add_argument("--show", type=int, default=3, help="samples of the first shard to print")
     p.add_argument("--media", choices=["image", "video", "audio", "tensor"],
@@ -87,7 +99,7 @@ def add_data_commands(sub: argparse._SubParsersAction) -> None:
 
     p = commands.add_parser("embed", help="copy shards adding each caption's text embedding")
     p.add_argument("pattern", help="input shards")
-    p.add_argument("out_dir", help="folder for the new shards (same names)")
+    p.add_argument("out_dir", help="folder for the new shards (same names); not the input shards' folder")
     p.add_argument("--config", help="a run config whose text_encoder section to use")
     p.add_argument("--model", default="ViT-B-32", help="open_clip model name")
     p.add_argument("--checkpoint", help="local weights file of that model (omit: seeded random tower)")

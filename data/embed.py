@@ -5,6 +5,7 @@ to a temporary file and renamed when complete."""
 from __future__ import annotations
 
 import io
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from potstill.data.bad_samples import BadEvent
 from potstill.data.fields import BadSample, read_text
 from potstill.data.pack import TAR_OPTIONS
 from potstill.data.shard_stream import read_shards
-from potstill.data.shards import expand_shards, local_path
+from potstill.data.shards import expand_shards, is_local, local_path
 
 
 @dataclass
@@ -37,16 +38,32 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def shard_targets(pattern: str, out_dir: Path) -> list[tuple[str, Path]]:
+    """Each input shard's output in `out_dir` (same name). An output that would replace an input shard (and
+    hide its damage) or another output is an error naming the folder, raised before anything is written."""
+    urls = expand_shards(pattern, "PATTERN")
+    targets = [(url, Path(out_dir) / Path(local_path(url)).name) for url in urls]
+    inputs = {Path(local_path(url)).resolve(): url for url in urls if is_local(url)}
+    replaced = next((target for _, target in targets if target.resolve() in inputs), None)
+    if replaced is not None:
+        raise ValueError(f"OUT_DIR {out_dir}: {replaced} would replace the input shard "
+                         f"{inputs[replaced.resolve()]}; write the embedded shards to another folder")
+    names = Counter(target.name for _, target in targets)
+    shared = next((name for name, count in names.items() if count > 1), None)
+    if shared is not None:
+        raise ValueError(f"PATTERN {pattern!r}: {names[shared]} input shards are named {shared}, and OUT_DIR "
+                         f"{out_dir} takes one output of that name")
+    return targets
+
+
 def embed_shards(pattern: str, out_dir: Path, encode, caption_field: str = "txt",
                  out_field: str = "text_emb.npy", batch: int = 256) -> EmbedSummary:
     """Every sample of every shard copied to `out_dir` with `out_field` = encode(caption) as float32 npy;
     samples without a caption are copied as they are and reported."""
-    urls = expand_shards(pattern, "PATTERN")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    targets = shard_targets(pattern, out_dir)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
     summary = EmbedSummary()
-    for url in urls:
-        target = out_dir / Path(local_path(url)).name
+    for url, target in targets:
         partial = target.with_name(f".{target.name}.tmp")
         with wds.TarWriter(str(partial), **TAR_OPTIONS) as writer:
             pending: list[tuple[dict, str | None]] = []

@@ -11,18 +11,38 @@ from dataclasses import dataclass, field
 from potstill.data.bad_samples import BadEvent
 from potstill.data.fields import media_fields
 from potstill.data.shard_stream import read_shards
-from potstill.data.shards import expand_shards, is_local, local_path
+from potstill.data.shards import expand_shards, is_local, last_key, local_path
 from potstill.data.webdataset_source import WebDatasetOptions, open_stream
 
 
 @dataclass
 class ShardContents:
+    """What one shard holds: its intact samples, and the sample its damage cut short (`cut`, not counted)."""
+
     url: str
     samples: int = 0
     bytes: int = 0
     fields: Counter = field(default_factory=Counter)
     shown: list[str] = field(default_factory=list)
     events: list[BadEvent] = field(default_factory=list)
+    cut: str = ""
+
+    @property
+    def damaged(self) -> bool:
+        return bool(self.events)
+
+    def count(self, sample: dict, show: int) -> None:
+        self.samples += 1
+        self.fields.update(media_fields(sample))
+        if len(self.shown) < show:
+            self.shown.append(describe_sample(sample))
+
+    def describe(self) -> str:
+        lines = [f"{self.url}: {self.samples} samples, {self.bytes / 2**20:.2f} MiB"]
+        lines += [f"  {row}" for row in self.shown]
+        if self.cut:
+            lines.append(f"  not counted, the damage cut into it: {self.cut}")
+        return "\n".join(lines)
 
 
 def describe_sample(sample: dict) -> str:
@@ -39,30 +59,47 @@ def describe_sample(sample: dict) -> str:
 
 
 def shard_contents(url: str, show: int) -> ShardContents:
+    """Count a shard's samples; in a damaged shard the last one read ran into the damage and is not counted."""
     contents = ShardContents(url, bytes=os.path.getsize(local_path(url)) if is_local(url) else 0)
+    last = None
     for sample in read_shards([url], contents.events):
-        contents.samples += 1
-        contents.fields.update(media_fields(sample))
-        if len(contents.shown) < show:
-            contents.shown.append(describe_sample(sample))
+        if last is not None:
+            contents.count(last, show)
+        last = sample
+    if last is not None and contents.damaged and last["__key__"] == last_key(url):
+        contents.cut = describe_sample(last)
+    elif last is not None:
+        contents.count(last, show)
     return contents
 
 
-def inspect_shards(pattern: str, show: int = 3) -> str:
-    """A per-shard table and totals; unreadable or truncated shards are named."""
+@dataclass
+class InspectReport:
+    """Every shard's contents; `damaged` names the truncated or unreadable ones."""
+
+    shards: list[ShardContents]
+
+    @property
+    def damaged(self) -> list[ShardContents]:
+        return [contents for contents in self.shards if contents.damaged]
+
+    def describe(self) -> str:
+        lines = [contents.describe() for contents in self.shards]
+        fields = sum((contents.fields for contents in self.shards), Counter())
+        lines.append(f"total: {len(self.shards)} shards, {sum(c.samples for c in self.shards)} samples, "
+                     f"{sum(c.bytes for c in self.shards) / 2**20:.2f} MiB")
+        lines.append("fields: " + ", ".join(f"{name} {count}" for name, count in sorted(fields.items())))
+        lines += [event.describe() for contents in self.shards for event in contents.events]
+        if self.damaged:
+            lines.append(f"{len(self.damaged)} of {len(self.shards)} shards damaged: "
+                         f"{', '.join(contents.url for contents in self.damaged)}")
+        return "\n".join(lines)
+
+
+def inspect_shards(pattern: str, show: int = 3) -> InspectReport:
+    """Each shard's samples, bytes and fields (a few samples of the first shown); damaged shards are named."""
     urls = expand_shards(pattern, "PATTERN")
-    lines, totals, fields, events = [], Counter(), Counter(), []
-    for index, url in enumerate(urls):
-        contents = shard_contents(url, show if index == 0 else 0)
-        lines.append(f"{url}: {contents.samples} samples, {contents.bytes / 2**20:.2f} MiB")
-        lines += [f"  {row}" for row in contents.shown]
-        totals.update(samples=contents.samples, bytes=contents.bytes)
-        fields.update(contents.fields)
-        events += contents.events
-    lines.append(f"total: {len(urls)} shards, {totals['samples']} samples, {totals['bytes'] / 2**20:.2f} MiB")
-    lines.append("fields: " + ", ".join(f"{name} {count}" for name, count in sorted(fields.items())))
-    lines += [event.describe() for event in events]
-    return "\n".join(lines)
+    return InspectReport([shard_contents(url, show if index == 0 else 0) for index, url in enumerate(urls)])
 
 
 @dataclass

@@ -29,6 +29,8 @@ LABEL_COLUMNS = ("label", "class", "cls")
 # Plain tar headers (GNU long-name records only where a name needs them) and a fixed time: no pax header per
 # file, so shards are smaller and faster to read, and the same folder packs to the same bytes.
 TAR_OPTIONS = {"format": "GNU_FORMAT", "mtime": 0}
+SHARD_INDEX = re.compile(r"%(0\d+)?d")    # %d or %06d: what ShardWriter fills in and brace_pattern can span
+HIDDEN_SHOWN = 5
 
 
 @dataclass
@@ -39,6 +41,7 @@ class PackSummary:
     fields: Counter = field(default_factory=Counter)
     pattern: str = ""
     classes: list[str] = field(default_factory=list)
+    hidden: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
         fields = ", ".join(f"{name} {count}" for name, count in sorted(self.fields.items()))
@@ -46,15 +49,45 @@ class PackSummary:
                  f"fields: {fields}", f"shards: {self.pattern}"]
         if self.classes:
             lines.append(f"classes (cls = index): {', '.join(self.classes)}")
+        if self.hidden:
+            lines.append(describe_hidden(self.hidden))
         return "\n".join(lines)
 
 
+def describe_hidden(hidden: list[str]) -> str:
+    """`skipped 2 hidden files (...): ._a.png, .b.jpg`, the first few named."""
+    more = f" and {len(hidden) - HIDDEN_SHOWN} more" if len(hidden) > HIDDEN_SHOWN else ""
+    return (f"skipped {len(hidden)} hidden files (names starting with '.'): "
+            f"{', '.join(hidden[:HIDDEN_SHOWN])}{more}")
+
+
 def shard_format(pattern: str) -> re.Match:
-    """The `%06d`-style index in an output pattern."""
-    match = re.search(r"%0?(\d*)d", pattern)
-    if match is None or not pattern.endswith(".tar"):
-        raise ValueError(f"OUT_PATTERN {pattern!r}: name the shards with an index and .tar, e.g. out/train-%06d.tar")
-    return match
+    """The one `%06d`-style index in an output pattern's file name; any other pattern is an error naming it,
+    since webdataset would fail on it halfway or write shards that overwrite one another."""
+    if not pattern.endswith(".tar"):
+        raise ValueError(f"OUT_PATTERN {pattern!r}: shard names must end in .tar, e.g. out/train-%06d.tar")
+    if pattern.count("%") != 1 or SHARD_INDEX.search(Path(pattern).name) is None:
+        raise ValueError(f"OUT_PATTERN {pattern!r}: name the shards with exactly one index, %d or %0Nd, in the "
+                         "file name and no other '%', e.g. out/train-%06d.tar")
+    return SHARD_INDEX.search(pattern)
+
+
+def check_output_folder(pattern: str) -> Path:
+    """The shards' folder; a file standing where it or a folder above it should be is an error naming the
+    pattern, found before anything is written."""
+    folder = Path(pattern).parent
+    existing = next(place for place in (folder, *folder.parents) if place.exists())
+    if not existing.is_dir():
+        raise FileExistsError(f"OUT_PATTERN {pattern!r}: {existing} is a file, not a folder")
+    return folder
+
+
+def check_limits(maxcount: int, maxsize: float) -> None:
+    """Shard limits must be positive: with zero or less, webdataset writes an empty first shard."""
+    if not maxcount > 0:
+        raise ValueError(f"--maxcount {maxcount}: must be a positive number of samples per shard")
+    if not maxsize > 0:
+        raise ValueError(f"--maxsize {maxsize}: must be a positive number of bytes per shard")
 
 
 def brace_pattern(pattern: str, count: int) -> str:
@@ -103,9 +136,10 @@ def metadata_fields(row: dict) -> dict[str, bytes]:
     return fields
 
 
-def find_media(source: Path) -> list[Path]:
-    return sorted(p for p in source.rglob("*")
-                  if p.is_file() and p.suffix[1:].lower() in MEDIA_EXTENSIONS and not p.name.startswith("."))
+def find_media(source: Path) -> tuple[list[Path], list[Path]]:
+    """Media files under `source`, and the hidden ones left out (names starting with '.', e.g. macOS `._a.jpg`)."""
+    files = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix[1:].lower() in MEDIA_EXTENSIONS)
+    return [p for p in files if not p.name.startswith(".")], [p for p in files if p.name.startswith(".")]
 
 
 def folder_classes(media: list[Path], source: Path) -> list[str]:
@@ -139,18 +173,21 @@ def samples_of(source: Path, media: list[Path], metadata: dict[str, dict], class
 def pack(source: Path, pattern: str, maxcount: int = 10_000, maxsize: float = 1e9, metadata: Path | None = None,
          labels_from_folders: bool = False) -> PackSummary:
     """Write every media file under `source` into shards named by `pattern` (e.g. out/train-%06d.tar)."""
+    check_limits(maxcount, maxsize)
+    shard_format(pattern)
+    out_dir = check_output_folder(pattern)
     source = Path(source)
     if not source.is_dir():
         raise FileNotFoundError(f"SRC_DIR: {source} is not a folder")
-    shard_format(pattern)
-    media = find_media(source)
+    media, hidden = find_media(source)
+    hidden_names = [str(p.relative_to(source)) for p in hidden]
     if not media:
-        raise ValueError(f"SRC_DIR: {source} holds no media file ({', '.join(sorted(MEDIA_EXTENSIONS))})")
+        skipped = f"; {describe_hidden(hidden_names)}" if hidden else ""
+        raise ValueError(f"SRC_DIR: {source} holds no media file ({', '.join(sorted(MEDIA_EXTENSIONS))}){skipped}")
     table = read_metadata(Path(metadata)) if metadata is not None else {}
     classes = folder_classes(media, source) if labels_from_folders else []
-    out_dir = Path(pattern).parent
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = PackSummary(classes=classes)
+    summary = PackSummary(classes=classes, hidden=hidden_names)
     staging = Path(tempfile.mkdtemp(prefix=".pack-", dir=out_dir))
     try:
         with wds.ShardWriter(str(staging / Path(pattern).name), maxcount=maxcount, maxsize=maxsize, verbose=0,

@@ -1,12 +1,16 @@
-"""Shard lists: brace patterns expanded by webdataset, local shards checked at start-up, and the
-end-of-archive check that tells a truncated local shard from a complete one."""
+"""Shard lists: brace patterns expanded by webdataset, local shards checked at start-up, the
+end-of-archive check that tells a truncated local shard from a complete one, and which sample its
+damage cut into."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tarfile
 from pathlib import Path
 
 from webdataset.shardlists import expand_urls
+from webdataset.tariterators import base_plus_ext
 
 REMOTE_PREFIXES = ("pipe:", "http://", "https://", "gs://", "s3://")
 TAR_BLOCK = 512
@@ -53,3 +57,15 @@ def truncation(url: str) -> str | None:
         if any(f.read(END_OF_ARCHIVE)):
             return "no end-of-archive marker"
     return None
+
+
+def last_key(url: str) -> str | None:
+    """The key of the last sample a local shard holds a file header of (None for remote shards). In a damaged
+    shard that sample ran into the damage, so its files cannot be told complete."""
+    if not is_local(url):
+        return None
+    name = None
+    with contextlib.suppress(tarfile.TarError, OSError), tarfile.open(local_path(url), "r:") as archive:
+        for member in archive:
+            name = member.name
+    return base_plus_ext(name)[0] if name else None

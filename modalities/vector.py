@@ -106,16 +106,22 @@ class VectorModality(Modality):
     def draw_inputs(self, n, generator=None):
         return torch.randn(n, *self.sample_shape, generator=generator), None
 
+    @property
+    def sample_formats(self) -> tuple[str, ...]:
+        return (".png",) if self.mixture.dim == 2 else (".pt",)
+
     def save_samples(self, samples, cond, path: Path) -> Path:
+        """A 2-D mixture's samples as a density image (.png), any other as the tensor (.pt)."""
+        path = path.with_suffix(path.suffix or self.sample_formats[0])
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(samples, path.with_suffix(".pt"))
-        if self.mixture.dim != 2:
-            return path.with_suffix(".pt")
+        if path.suffix == ".pt":
+            torch.save(samples, path)
+            return path
         margin = 4 * self.mixture.stds.max()
         lo, hi = self.mixture.means.min() - margin, self.mixture.means.max() + margin
         image = torch.histogramdd(samples.double(), bins=[128, 128], range=[float(lo), float(hi)] * 2).hist
-        save_image((image / image.max().clamp(min=1)).sqrt().T.flip(0)[None].float(), path.with_suffix(".png"))
-        return path.with_suffix(".png")
+        save_image((image / image.max().clamp(min=1)).sqrt().T.flip(0)[None].float(), path)
+        return path
 
     def evaluate(self, samples, cond) -> dict[str, float]:
         n = len(samples)

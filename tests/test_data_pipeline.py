@@ -129,7 +129,9 @@ def test_too_few_shards_for_the_ranks_and_workers(damaged_shards):
 
 def test_inspect_reads_one_epoch_as_two_ranks_of_two_workers(damaged_shards, capsys):
     media, shards, intact, cut_shard = damaged_shards
-    main(["data", "inspect", shards, "--media", media, "--ranks", "2", "--workers", "2", "--set", "video.frames=4"])
+    with pytest.raises(SystemExit) as exit_:
+        main(["data", "inspect", shards, "--media", media, "--ranks", "2", "--workers", "2", "--set", "video.frames=4"])
+    assert exit_.value.code == 1                  # a damaged shard is reported, then the command fails
     out = capsys.readouterr().out
     assert f"one epoch over 2 ranks: {len(intact)} samples, 0 delivered twice" in out
     assert f"skipped shard {cut_shard}: truncated_shard" in out
