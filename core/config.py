@@ -7,9 +7,10 @@ import copy
 import dataclasses
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal, NamedTuple, Union
 
 import yaml
 
@@ -52,7 +53,8 @@ class OptimGroup:
 @dataclass
 class TrainConfig:
     """The alternating loop: `generator_every` steps per generator update, critic updates every step.
-    `batch_size` is the global batch of one optimizer step, split over ranks and `grad_accum` micro-batches."""
+    `batch_size` is the global batch of one optimizer step, split over ranks and `grad_accum` micro-batches.
+    `sample_every` / `checkpoint_every` 0: only the grid and checkpoint written at the end of the run."""
 
     steps: int = 1000
     batch_size: int = 64
@@ -96,6 +98,44 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimGroup = field(default_factory=OptimGroup)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+class Rule(NamedTuple):
+    """A condition a loaded setting must meet, worded for its error: `KEY: must be WANTS, got VALUE`."""
+
+    holds: Callable[[Any], bool]
+    wants: str
+
+
+AT_LEAST_1 = Rule(lambda v: v >= 1, "at least 1")
+AT_LEAST_0 = Rule(lambda v: v >= 0, "at least 0")
+POSITIVE = Rule(lambda v: v > 0, "greater than 0")
+FRACTION = Rule(lambda v: 0 <= v < 1, "in [0, 1)")
+
+RULES: dict[type, dict[str, Rule]] = {
+    TrainConfig: {
+        **dict.fromkeys(["steps", "batch_size", "grad_accum", "generator_every", "fake_score_updates",
+                         "discriminator_every", "log_every", "keep_checkpoints"], AT_LEAST_1),
+        "checkpoint_every": AT_LEAST_0, "sample_every": AT_LEAST_0, "ema_decay": FRACTION,
+    },
+    OptimConfig: {
+        "lr": POSITIVE, "eps": POSITIVE, "weight_decay": AT_LEAST_0, "grad_clip": POSITIVE,
+        "betas": Rule(lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two values, each in [0, 1)"),
+    },
+    EvalConfig: {
+        "n_samples": AT_LEAST_1, "batch_size": AT_LEAST_1,
+        "teacher_nfe": Rule(lambda v: all(n >= 1 for n in v), "a list of step counts, each at least 1"),
+    },
+}
+
+
+def check_rules(instance: Any, prefix: str) -> None:
+    """Range-check a loaded dataclass against its RULES, so a bad value fails at load, not hours into a run.
+    A null value is left alone: its type already said whether null is allowed."""
+    for name, rule in RULES.get(type(instance), {}).items():
+        value = getattr(instance, name)
+        if value is not None and not rule.holds(value):
+            raise ConfigError(f"{prefix}{name}: must be {rule.wants}, got {value!r}")
 
 
 COMPONENT_REGISTRIES: dict[str, reg.Registry] = {
@@ -200,7 +240,9 @@ def from_dict(cls: type, data: Any, key: str = "") -> Any:
                 values[name] = coerce(data[name], hints[name], f"{prefix}{name}")
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{prefix}{name}: required key is missing")
-    return cls(**values)
+    instance = cls(**values)
+    check_rules(instance, prefix)
+    return instance
 
 
 SHARDABLE = {"teacher"}    # sections whose `shard: true` partitions the frozen model across ranks
@@ -244,6 +286,39 @@ def deep_merge(base: dict, override: dict) -> dict:
     return merged
 
 
+class StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        """The mapping of `node`, after checking its keys are distinct (merge keys `<<` may be overridden)."""
+        first: dict[Any, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                continue
+            key = self.construct_object(key_node)
+            if key in first:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first given on line {first[key].line + 1})",
+                    key_node.start_mark)
+            first[key] = key_node.start_mark
+        return super().construct_mapping(node, deep)
+
+
+def yaml_problem(error: yaml.YAMLError) -> tuple[yaml.Mark | None, str]:
+    """Where a YAML error is and what it is, in one line (PyYAML's own message quotes the text over several)."""
+    if not isinstance(error, yaml.MarkedYAMLError):
+        return None, " ".join(str(error).split())
+    problem = error.problem or error.context or "invalid YAML"
+    if error.problem and error.context:
+        problem = f"{problem} ({error.context})"
+    return error.problem_mark or error.context_mark, problem
+
+
+def load_yaml(text: str | bytes) -> Any:
+    """Parse YAML config text with duplicate keys refused."""
+    return yaml.load(text, Loader=StrictLoader)
+
+
 def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     """Read a YAML config and resolve its `extends:` chain (paths relative to the file)."""
     path = Path(path).resolve()
@@ -251,8 +326,12 @@ def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
         raise ConfigError(f"extends: cycle through {path}")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+    try:
+        data = load_yaml(path.read_bytes()) or {}
+    except yaml.YAMLError as error:
+        mark, problem = yaml_problem(error)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: {problem}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     parents = data.pop("extends", None)
@@ -272,9 +351,11 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             raise ConfigError(f"--set {item!r}: expected key=value")
         key, text = item.split("=", 1)
         try:
-            value = yaml.safe_load(text)
+            value = load_yaml(text)
         except yaml.YAMLError as error:
-            raise ConfigError(f"{key}: cannot parse {text!r} as YAML ({error})") from None
+            mark, problem = yaml_problem(error)
+            where = f" at column {mark.column + 1}" if mark else ""
+            raise ConfigError(f"{key}: cannot parse {text!r} as YAML: {problem}{where}") from None
         node = data
         parts = key.strip().split(".")
         for i, part in enumerate(parts[:-1]):

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torchvision.utils import save_image
 
@@ -24,27 +25,83 @@ from potstill.data.digits import embedded_path, load_digits_tensors
 from potstill.modalities.frechet import frechet_distance, gaussian_stats
 
 EMBEDDED_PREFIX = "embedded:"
+SHOWN_KEYS = 5      # differing parameter names a wrong-architecture error lists per kind
 
 
-def resolve_weights(path: str) -> Path:
-    """`embedded:NAME` names weights shipped in the package; anything else is a local file."""
+def embedded_names() -> list[str]:
+    """The `embedded:NAME` choices: the weights shipped in `potstill/data/embedded/`."""
+    folder = resources.files("potstill.data.embedded")
+    return sorted(EMBEDDED_PREFIX + entry.name.removesuffix(".safetensors") for entry in folder.iterdir()
+                  if entry.name.endswith(".safetensors"))
+
+
+def resolve_weights(path: str, key: str) -> Path:
+    """`embedded:NAME` names weights shipped in the package; anything else is a local file. Errors name `key`."""
     if path.startswith(EMBEDDED_PREFIX):
+        if path not in embedded_names():
+            raise ValueError(f"{key}: unknown embedded weights {path!r}; valid choices: {', '.join(embedded_names())}")
         return embedded_path(path[len(EMBEDDED_PREFIX):])
     resolved = Path(path).expanduser()
+    if resolved.is_dir():
+        raise ValueError(f"{key}: {resolved} is a directory, not a weights file")
     if not resolved.is_file():
-        raise FileNotFoundError(f"teacher.checkpoint: {resolved} does not exist")
+        raise FileNotFoundError(f"{key}: {resolved} does not exist")
     return resolved
 
 
-def read_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def read_state(path: Path, key: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Weights and the `potstill` metadata (architecture, schedule, prediction) of a checkpoint file.
     `.safetensors` files are read directly; `.pt`/`.pth` files (the public DiT releases) with torch.load."""
     if path.suffix == ".safetensors":
+        return read_safetensors(path, key)
+    return read_torch_state(path, key), {}
+
+
+def read_safetensors(path: Path, key: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A safetensors file's tensors and `potstill` metadata; a file of another format is an error naming `key`."""
+    try:
         with safe_open(str(path), "pt") as f:
             metadata = json.loads((f.metadata() or {}).get("potstill", "{}"))
         return load_file(str(path)), metadata
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return state.get("ema", state.get("model", state)), {}
+    except (SafetensorError, json.JSONDecodeError) as error:
+        raise ValueError(f"{key}: {path} is not a readable safetensors file ({error})") from None
+
+
+def read_torch_state(path: Path, key: str) -> dict[str, torch.Tensor]:
+    """The state dict of a torch checkpoint (its `ema` or `model` entry when it has one), loaded weights-only.
+    torch.load fails in many ways on a file that is not one (KeyError, EOFError, UnpicklingError, ...), and
+    says so over many lines, so any failure becomes one error naming `key`."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(f"{key}: {path} is neither a safetensors file nor a torch state dict of tensors "
+                         f"(torch.load: {type(error).__name__})") from None
+    if isinstance(state, dict):
+        state = state.get("ema", state.get("model", state))
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{key}: {path} holds no state dict of tensors")
+    return state
+
+
+def listed(names: list[str]) -> str:
+    """The first SHOWN_KEYS names, then how many more."""
+    more = f", and {len(names) - SHOWN_KEYS} more" if len(names) > SHOWN_KEYS else ""
+    return ", ".join(names[:SHOWN_KEYS]) + more
+
+
+def check_state(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], key: str, source: str,
+                what: str) -> None:
+    """Refuse weights of another architecture with one line: counts and the first differing parameter names,
+    not torch's message that lists every one of them."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    reshaped = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+                if k in state and state[k].shape != v.shape]
+    found = [(label, names) for label, names in [("missing", missing), ("unexpected", unexpected),
+                                                 ("of another shape (checkpoint vs model)", reshaped)] if names]
+    if found:
+        problems = "; ".join(f"{len(names)} keys {label}: {listed(names)}" for label, names in found)
+        raise ValueError(f"{key}: {source} does not match the {what} configuration ({problems})")
 
 
 @dataclass
@@ -62,7 +119,7 @@ class DiTTeacherOptions:
 
 
 def build_dit_denoiser(options: DiTTeacherOptions) -> Denoiser:
-    state, meta = read_state(resolve_weights(options.checkpoint))
+    state, meta = read_state(resolve_weights(options.checkpoint, "teacher.checkpoint"), "teacher.checkpoint")
     dit_values = dict(meta.get("dit", {}))
     if options.architecture is not None:
         if options.architecture not in PRESETS:
@@ -70,13 +127,11 @@ def build_dit_denoiser(options: DiTTeacherOptions) -> Denoiser:
         dit_values |= PRESETS[options.architecture]
     dit_values |= options.dit or {}
     dit_options = from_dict(DiTOptions, dit_values, "teacher.dit")
+    with torch.device("meta"):
+        expected = DiT(dit_options).state_dict()
+    check_state(expected, state, "teacher.checkpoint", options.checkpoint, "DiT")
     backbone = DiT(dit_options)
-    try:
-        backbone.load_state_dict(state)
-    except RuntimeError as error:
-        first = str(error).splitlines()[1:3]
-        raise ValueError(f"teacher.checkpoint: {options.checkpoint} does not match the DiT configuration "
-                         f"({' '.join(line.strip() for line in first)})") from None
+    backbone.load_state_dict(state)
     schedule_name = options.schedule or meta.get("schedule", "edm")
     schedule_options = options.schedule_options if options.schedule_options is not None else meta.get(
         "schedule_options", {})
@@ -91,8 +146,11 @@ TEACHERS.register("dit", DiTTeacherOptions)(lambda options, context: build_dit_d
 
 
 def load_classifier(path: str) -> DigitsClassifier:
+    """The scoring classifier from `modality.classifier`; every error names that key."""
+    state, _ = read_state(resolve_weights(path, "modality.classifier"), "modality.classifier")
     classifier = DigitsClassifier()
-    classifier.load_state_dict(load_file(str(resolve_weights(path))))
+    check_state(classifier.state_dict(), state, "modality.classifier", path, "digits classifier")
+    classifier.load_state_dict(state)
     return classifier.eval().requires_grad_(False)
 
 
@@ -155,6 +213,8 @@ class ImageModality(Modality):
             return noise, self.prompts[torch.randint(len(self.prompts), (n,), generator=generator)]
         cond = torch.randint(self.num_classes, (n,), generator=generator) if self.num_classes else None
         return noise, cond
+
+    sample_formats = (".png",)
 
     def save_samples(self, samples, cond, path: Path) -> Path:
         path = path.with_suffix(".png")

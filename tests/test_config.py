@@ -2,7 +2,7 @@
 
 import pytest
 
-from potstill.core.config import ConfigError, load_config, to_dict
+from potstill.core.config import ConfigError, load_config, read_yaml, to_dict
 from tests_support import CONFIGS
 
 
@@ -53,3 +53,40 @@ def test_extends_cycle_and_missing_file(tmp_path):
         load_config(tmp_path / "a.yaml")
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_a_key_given_twice_names_the_file_line_and_key(tmp_path):
+    (tmp_path / "base.yaml").write_text("train:\n  steps: 3\n  batch_size: 8\n  steps: 300000\n")
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\n")
+    for name in ("base.yaml", "child.yaml"):
+        with pytest.raises(ConfigError) as error:
+            load_config(tmp_path / name)
+        assert str(error.value) == f"{tmp_path / 'base.yaml'}:4:3: duplicate key 'steps' (first given on line 2)"
+    with pytest.raises(ConfigError, match=r"^train: cannot parse .* as YAML: duplicate key 'steps'"):
+        load_config(CONFIGS / "vector" / "gmm_dmd2.yaml", ["train={steps: 3, steps: 4}"])
+
+
+def test_merge_keys_may_still_be_overridden(tmp_path):
+    (tmp_path / "a.yaml").write_text(f"extends: {CONFIGS / 'vector' / 'gmm_dmd2.yaml'}\n"
+                                     "optim:\n  generator: &fast {lr: 1.0e-3, grad_clip: 5.0}\n"
+                                     "  fake_score:\n    <<: *fast\n    lr: 2.0e-3\n")
+    cfg = load_config(tmp_path / "a.yaml")
+    assert (cfg.optim.fake_score.lr, cfg.optim.fake_score.grad_clip, cfg.optim.generator.lr) == (2e-3, 5.0, 1e-3)
+
+
+def test_a_yaml_syntax_error_is_one_line_with_its_place(tmp_path):
+    (tmp_path / "bad.yaml").write_text("train:\n  steps: 3\n   batch_size: 8\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(tmp_path / "bad.yaml")
+    assert str(error.value) == f"{tmp_path / 'bad.yaml'}:3:14: mapping values are not allowed here"
+    with pytest.raises(ConfigError) as error:
+        load_config(CONFIGS / "vector" / "gmm_dmd2.yaml", ["teacher.means=[[0, 0]"])
+    assert str(error.value) == ("teacher.means: cannot parse '[[0, 0]' as YAML: expected ',' or ']', but got "
+                                "'<stream end>' (while parsing a flow sequence) at column 8")
+
+
+def test_every_shipped_yaml_file_reads_with_duplicates_refused():
+    files = sorted(CONFIGS.rglob("*.yaml"))
+    assert len(files) > 20
+    for path in files:
+        assert read_yaml(path), path
