@@ -385,10 +385,11 @@ class Distiller:
             raise NonFiniteError(f"{bad} is not finite at step {self.step}; the checkpoint was not written, so a "
                                  "poisoned model never becomes the run's latest")
 
-    def load(self, checkpoint: Path, training_state: bool = True) -> None:
+    def load(self, checkpoint: Path, training_state: bool = True, verified: bool = False) -> None:
         """Load weights (and, for resuming, optimizer, RNG, data and step state) from a checkpoint, after
-        checking its files against the manifest (weights only, when not resuming)."""
-        ckpt.verify_checkpoint(checkpoint, None if training_state else ckpt.is_weights_file)
+        checking its files against the manifest (weights only, when not resuming; not again when `verified`)."""
+        if not verified:
+            ckpt.verify_checkpoint(checkpoint, None if training_state else ckpt.is_weights_file)
         for name, module in self._saved_modules():
             self.engine.load_full_state_dict(module, ckpt.load_weights(checkpoint, name))
         if not training_state:
@@ -416,7 +417,7 @@ class Distiller:
         latest = ckpt.latest_checkpoint(self.run_dir / "checkpoints")
         if latest is None:
             return False
-        self.load(latest)
+        self.load(latest, verified=True)
         return True
 
     def fixed_inputs(self, n: int) -> tuple[torch.Tensor, object]:
