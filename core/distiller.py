@@ -293,16 +293,16 @@ class Distiller:
         return metrics
 
     def train_step(self) -> dict[str, float]:
-        """One iteration: critic update(s), then a generator update every `generator_every` steps."""
+        """One iteration: critic update(s), then a generator update every `generator_every` steps. The
+        generator's metrics come first, so the progress bar, which shows a log line's first losses, shows them."""
         train = self.config.train
         self.engine.step_index = self.step
-        metrics: dict[str, float] = {}
+        critic: dict[str, float] = {}
         for _ in range(train.fake_score_updates):
-            metrics |= self.critic_update(self.step)
-        if self.step % train.generator_every == 0:
-            metrics |= self.generator_update()
+            critic |= self.critic_update(self.step)
+        generator = self.generator_update() if self.step % train.generator_every == 0 else {}
         self.step += 1
-        return metrics
+        return generator | {k: v for k, v in critic.items() if k not in generator}
 
     def train(self, steps: int | None = None) -> None:
         """Run until `train.steps` (or `steps` more iterations), logging and checkpointing on the way. A SIGTERM
