@@ -40,7 +40,7 @@ def distill(config: RunConfig, run_dir: Path, resume: bool = False, allow_change
     if distiller.engine.is_main:
         if changes:
             record_changes(distiller.run_dir, distiller.step, changes, to_dict(config))
-        elif not (distiller.run_dir / "config.yaml").is_file():
+        elif not resume or not saved_config.is_file():
             distiller.write_config()
         announce(distiller, changes)
     try:
@@ -72,9 +72,11 @@ def last_good_checkpoint(folder: Path) -> str:
 
 
 def find_run(path: str | Path) -> tuple[Path, Path]:
-    """(run directory, checkpoint) from a run directory or one of its checkpoint folders."""
+    """(run directory, checkpoint) from a run directory or one of its checkpoint folders; the checkpoint's
+    weights are verified against its manifest (a run directory's falls back to the newest intact one)."""
     path = Path(path)
     if (path / ckpt.MANIFEST).is_file() or (path / ckpt.STATE_FILE).is_file():
+        ckpt.verify_checkpoint(path, ckpt.is_weights_file)
         return path.parent.parent, path
     if not (path / "config.yaml").is_file():
         raise FileNotFoundError(f"{path}: neither a run directory (no config.yaml) nor a checkpoint folder")
@@ -92,5 +94,5 @@ def open_run(path: str | Path, device: str = "auto") -> Distiller:
     run_dir, checkpoint = find_run(path)
     config = load_config(run_dir / "config.yaml", ["engine=plain", f"engine.device={device}"])
     distiller = Distiller(config, run_dir, with_real_data=False)
-    distiller.load(checkpoint, training_state=False)
+    distiller.load(checkpoint, training_state=False, verified=True)
     return distiller

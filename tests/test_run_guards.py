@@ -166,3 +166,11 @@ def test_help_does_not_import_torch():
 def test_demo_refuses_non_positive_steps(tmp_path):
     result = potstill("demo", "--out", tmp_path / "demo", "--steps", 0, check=False)
     assert result.returncode == 2 and "--steps" in result.stderr and not (tmp_path / "demo").exists()
+
+
+def test_a_fresh_run_writes_its_config_over_a_stale_one(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("left: by a run that died before its first checkpoint\n")
+    distill(make_config(RUN), run)
+    assert load_config(run / "config.yaml").train.steps == 6
