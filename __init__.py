@@ -12,8 +12,17 @@ __version__ = "0.1.0"
 def import_builtins() -> None:
     """Import every built-in component module, which registers it."""
     from potstill import backbones, modalities  # noqa: F401
-    from potstill.core import adversarial, deepspeed_engine, engine, from_teacher, objectives  # noqa: F401
-    from potstill.data import digits, webdataset_source  # noqa: F401
+    from potstill.core import (  # noqa: F401
+        adversarial,
+        causal_student,
+        deepspeed_engine,
+        engine,
+        from_teacher,
+        objectives,
+        teacher_file,
+    )
+    from potstill.data import digits, moving_digits, webdataset_source  # noqa: F401
+    from potstill.modalities import video  # noqa: F401
 
 
 on_first_lookup(import_builtins)

@@ -1,4 +1,4 @@
-"""The `potstill` command: distill, sample, eval, demo and data."""
+"""The `potstill` command: distill, train-teacher, sample, eval, demo and data."""
 
 from __future__ import annotations
 
@@ -21,6 +21,16 @@ def _distill(args) -> None:
     print(f"run directory: {distiller.run_dir}")
 
 
+def _train_teacher(args) -> None:
+    from potstill.core.teacher_config import load_teacher_config
+    from potstill.core.teacher_training import train_teacher
+    from potstill.runs import default_run_dir
+
+    config = load_teacher_config(args.config, args.set)
+    run_dir = Path(args.out) if args.out else default_run_dir(args.config)
+    print(f"teacher file: {train_teacher(config, run_dir, args.resume, args.allow_change)}")
+
+
 def positive(text: str) -> int:
     """An argparse type: an integer >= 1."""
     value = int(text)
@@ -30,30 +40,10 @@ def positive(text: str) -> int:
 
 
 def _sample(args) -> None:
-    import torch
+    from potstill.sampling import SampleRequest, sample_run
 
-    from potstill.core.tensors import to_device
-    from potstill.runs import open_run
-
-    distiller = open_run(args.run, args.device)
-    out = Path(args.out)
-    formats = tuple(dict.fromkeys((".pt", *distiller.modality.sample_formats)))
-    if out.suffix not in formats:
-        raise ValueError(f"--out {out}: this run's samples can be written as {', '.join(formats)}")
-    generator = torch.Generator().manual_seed(args.seed)
-    chunks, conds = [], []
-    with torch.no_grad():
-        for start in range(0, args.n, args.batch):
-            noise, cond = distiller.draw_inputs(min(args.batch, args.n - start), generator)
-            chunks.append(distiller.ema.model.sample(noise, cond).float().cpu())
-            conds.append(to_device(cond, "cpu"))
-    samples = torch.cat(chunks)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix == ".pt":
-        torch.save(samples, out)
-    else:
-        out = distiller.modality.save_samples(samples, torch.cat(conds) if conds[0] is not None else None, out)
-    print(f"wrote {args.n} samples of shape {tuple(samples.shape[1:])} to {out}")
+    sample_run(SampleRequest(args.run, args.n, Path(args.out), args.seed, args.batch, args.device, args.label,
+                             args.frames, args.stream))
 
 
 def _eval(args) -> None:
@@ -66,9 +56,14 @@ def _eval(args) -> None:
 
 
 def _demo(args) -> None:
+    if args.which == "video":
+        from potstill.demo_video import run_video_demo
+
+        run_video_demo(Path(args.out or "runs/demo_video"), steps=args.steps)
+        return
     from potstill.demo import run_demo
 
-    run_demo(Path(args.out), steps=args.steps)
+    run_demo(Path(args.out or "runs/demo"), steps=args.steps)
 
 
 def add_distill_arguments(parser: argparse.ArgumentParser) -> None:
@@ -102,12 +97,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_distill_arguments(p)
     p.set_defaults(func=_distill)
 
+    p = sub.add_parser("train-teacher", help="train a teacher (any registered backbone, schedule and dataset) by "
+                       "denoising score matching; writes DIR/teacher.safetensors for teacher.kind: trained")
+    add_distill_arguments(p)
+    p.set_defaults(func=_train_teacher)
+
     p = sub.add_parser("sample", help="draw samples from a run's EMA student")
     p.add_argument("run", help="run directory or checkpoint folder")
     p.add_argument("--n", type=positive, default=64)
-    p.add_argument("--out", required=True, help="FILE.pt (tensor [N, ...]) or FILE.png (grid; image and 2-D runs)")
+    p.add_argument("--out", required=True, help="FILE.pt (tensor [N, ...] in the data range) or the modality's "
+                   "picture: FILE.png (image grid, 2-D density, video strip) or FILE.mp4 (video)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=positive, default=1000)
+    p.add_argument("--class", dest="label", type=int, default=None, help="draw every sample of this class")
+    p.add_argument("--frames", type=positive, default=None, help="clip length (video runs; past the training "
+                   "length the student streams with its rolling or segment cache)")
+    p.add_argument("--stream", action="store_true", help="generate chunk by chunk, printing each chunk's latency")
     add_device_argument(p)
     p.set_defaults(func=_sample)
 
@@ -117,8 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_argument(p)
     p.set_defaults(func=_eval)
 
-    p = sub.add_parser("demo", help="distil the embedded digits teacher into a one-step student")
-    p.add_argument("--out", default="runs/demo")
+    p = sub.add_parser("demo", help="image: distil the embedded digits teacher into a one-step student; video: "
+                       "distil the moving-digits teacher into a causal streaming student")
+    p.add_argument("which", nargs="?", choices=["image", "video"], default="image")
+    p.add_argument("--out", default=None, help="default runs/demo (image) or runs/demo_video (video)")
     p.add_argument("--steps", type=positive, default=None, help="override the demo's number of steps")
     p.set_defaults(func=_demo)
 

@@ -86,13 +86,13 @@ def find_run(path: str | Path) -> tuple[Path, Path]:
     return path, latest
 
 
-def open_run(path: str | Path, device: str = "auto") -> Distiller:
+def open_run(path: str | Path, device: str = "auto", overrides: list[str] | None = None) -> Distiller:
     """Rebuild a run from its directory and load its weights (not its optimizer state) in this one process on
     `device`, whatever engine trained it: checkpoints hold every model whole, as safetensors, and the step comes
     from the manifest, so no pickle is read. Its real data is not needed (nor opened), so a run sampled
-    elsewhere needs no copy of its shards."""
+    elsewhere needs no copy of its shards. `overrides` change sampling-time settings (`modality.frames=48`)."""
     run_dir, checkpoint = find_run(path)
-    config = load_config(run_dir / "config.yaml", ["engine=plain", f"engine.device={device}"])
+    config = load_config(run_dir / "config.yaml", ["engine=plain", f"engine.device={device}", *(overrides or [])])
     distiller = Distiller(config, run_dir, with_real_data=False)
     distiller.load(checkpoint, training_state=False, verified=True)
     return distiller

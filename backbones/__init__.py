@@ -1,5 +1,5 @@
-"""Networks the Denoisers wrap: an MLP for vectors and a DiT on timm layers for images."""
+"""Networks the Denoisers wrap: an MLP for vectors, a DiT on timm layers for images and a video DiT for clips."""
 
-from potstill.backbones import digits_classifier, dit, mlp, text_encoders
+from potstill.backbones import digits_classifier, dit, mlp, text_encoders, video_dit
 
-__all__ = ["digits_classifier", "dit", "mlp", "text_encoders"]
+__all__ = ["digits_classifier", "dit", "mlp", "text_encoders", "video_dit"]

@@ -12,6 +12,7 @@ from timm.layers import Attention, Mlp, PatchEmbed
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from potstill.backbones.adaln import AdaLNZeroBackbone
 from potstill.backbones.embeddings import TimestepEmbedder
 from potstill.core.registry import BACKBONES
 
@@ -96,7 +97,7 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(self.norm_final(x), shift, scale))
 
 
-class DiT(nn.Module):
+class DiT(AdaLNZeroBackbone):
     """Backbone call: `dit(x, c_noise, cond, features=None)`; `cond` is class labels (long) or pooled
     text embeddings (float). With `learn_sigma` the variance channels are dropped from the output."""
 
@@ -114,41 +115,6 @@ class DiT(nn.Module):
         self.final_layer = FinalLayer(o.hidden_size, o.patch_size, self.out_channels)
         self.activation_checkpointing = False    # recompute each block in backward (train.activation_checkpointing)
         self._initialize()
-
-    def _initialize(self) -> None:
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
-        weight = self.x_embedder.proj.weight
-        nn.init.xavier_uniform_(weight.view(weight.shape[0], -1))
-        nn.init.zeros_(self.x_embedder.proj.bias)
-        if self.y_embedder is not None:
-            nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
-        for block in self.blocks:
-            nn.init.zeros_(block.adaLN_modulation[-1].weight)
-            nn.init.zeros_(block.adaLN_modulation[-1].bias)
-        for layer in (self.final_layer.adaLN_modulation[-1], self.final_layer.linear):
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
-
-    def null_condition(self, cond: torch.Tensor) -> torch.Tensor:
-        if cond.is_floating_point():
-            return torch.zeros_like(cond)
-        return torch.full_like(cond, self.options.num_classes)
-
-    def embed_condition(self, cond) -> torch.Tensor | int:
-        if cond is None:
-            return 0
-        if cond.is_floating_point():
-            if self.text_embedder is None:
-                raise ValueError("DiT got text embeddings but was built with text_dim = 0")
-            return self.text_embedder(cond)
-        if self.y_embedder is None:
-            raise ValueError("DiT got class labels but was built with num_classes = 0")
-        return self.y_embedder(cond)
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond=None, features: list[int] | None = None):
         o = self.options

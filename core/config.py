@@ -150,6 +150,10 @@ COMPONENT_REGISTRIES: dict[str, reg.Registry] = {
     "text_encoder": reg.TEXT_ENCODERS,
 }
 
+# Per config class, the sections that are registered components and the registry each is resolved through;
+# other config classes (the teacher-training config) add theirs here.
+SECTION_REGISTRIES: dict[type, dict[str, reg.Registry]] = {RunConfig: COMPONENT_REGISTRIES}
+
 
 def _type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
@@ -232,10 +236,11 @@ def from_dict(cls: type, data: Any, key: str = "") -> Any:
             f"{prefix}{unknown[0]}: unknown key; valid keys here: {', '.join(sorted(fields))}"
         )
     values = {}
+    sections = SECTION_REGISTRIES.get(cls, {})
     for name, f in fields.items():
         if name in data:
-            if cls is RunConfig and name in COMPONENT_REGISTRIES:
-                values[name] = load_component(name, data[name])
+            if name in sections:
+                values[name] = load_component(name, data[name], sections[name])
             else:
                 values[name] = coerce(data[name], hints[name], f"{prefix}{name}")
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
@@ -248,8 +253,9 @@ def from_dict(cls: type, data: Any, key: str = "") -> Any:
 SHARDABLE = {"teacher"}    # sections whose `shard: true` partitions the frozen model across ranks
 
 
-def load_component(section: str, data: Any) -> Component | None:
-    """Resolve a `{kind: name, ...options}` section (or a bare name) through its registry."""
+def load_component(section: str, data: Any, registry: reg.Registry | None = None) -> Component | None:
+    """Resolve a `{kind: name, ...options}` section (or a bare name) through its registry (by default the
+    run config's registry for `section`)."""
     if data is None:
         return None
     if isinstance(data, str):
@@ -262,7 +268,7 @@ def load_component(section: str, data: Any) -> Component | None:
     if not isinstance(shard, bool):
         raise ConfigError(f"{section}.shard: expected true or false, got {shard!r}")
     try:
-        entry = COMPONENT_REGISTRIES[section].get(kind, f"{section}.kind")
+        entry = (registry if registry is not None else COMPONENT_REGISTRIES[section]).get(kind, f"{section}.kind")
     except reg.UnknownNameError as error:
         raise ConfigError(str(error)) from None
     if entry.options is None:
@@ -343,8 +349,10 @@ def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     return deep_merge(merged, data)
 
 
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply `key.sub=value` overrides; values are parsed as YAML so lists and numbers work."""
+def apply_overrides(data: dict, overrides: list[str], sections: dict[str, reg.Registry] = COMPONENT_REGISTRIES
+                    ) -> dict:
+    """Apply `key.sub=value` overrides; values are parsed as YAML so lists and numbers work. A component given
+    by its bare name (one of `sections`) becomes `{kind: name}` when one of its options is set."""
     data = copy.deepcopy(data)
     for item in overrides:
         if "=" not in item:
@@ -360,7 +368,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         parts = key.strip().split(".")
         for i, part in enumerate(parts[:-1]):
             child = node.get(part)
-            if isinstance(child, str) and ".".join(parts[: i + 1]) in COMPONENT_REGISTRIES:
+            if isinstance(child, str) and ".".join(parts[: i + 1]) in sections:
                 child = {"kind": child}
             elif child is None:
                 child = {}

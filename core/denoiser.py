@@ -34,7 +34,7 @@ class Denoiser(nn.Module):
         self.sample_shape = tuple(sample_shape)
         self.num_classes = num_classes
 
-    def _raw(self, x_t: torch.Tensor, t: torch.Tensor, cond, features: list[int] | None):
+    def _raw(self, x_t: torch.Tensor, t: torch.Tensor, cond, features: list[int] | None, **backbone_kwargs):
         s = self.schedule
         if self.prediction == "edm":
             alpha = per_sample(s.alpha(t), x_t)
@@ -44,10 +44,10 @@ class Denoiser(nn.Module):
             c_in = per_sample(1 / (sigma_e**2 + sd**2).sqrt(), x_t)
             c_skip = per_sample(sd**2 / (sigma_e**2 + sd**2), x_t)
             c_out = per_sample(sigma_e * sd / (sigma_e**2 + sd**2).sqrt(), x_t)
-            out = self.backbone(c_in * x_e, 0.25 * torch.log(sigma_e), cond, features=features)
+            out = self.backbone(c_in * x_e, 0.25 * torch.log(sigma_e), cond, features=features, **backbone_kwargs)
             out, feats = out if features is not None else (out, None)
             return c_skip * x_e + c_out * out.to(x_t.dtype), feats
-        out = self.backbone(x_t, s.c_noise(t), cond, features=features)
+        out = self.backbone(x_t, s.c_noise(t), cond, features=features, **backbone_kwargs)
         out, feats = out if features is not None else (out, None)
         out = out.to(x_t.dtype)
         if self.prediction == "x0":
@@ -64,36 +64,42 @@ class Denoiser(nn.Module):
         """The unconditional input for guidance: the backbone's null label or embedding."""
         return self.backbone.null_condition(cond)
 
-    def x0(self, x_t: torch.Tensor, t: torch.Tensor, cond=None, guidance: float = 1.0) -> torch.Tensor:
-        """E[x0 | x_t]; with guidance s != 1, x0_u + s (x0_c - x0_u), the standard CFG form."""
-        t = torch.as_tensor(t, dtype=x_t.dtype, device=x_t.device).expand(x_t.shape[0])
+    def x0(self, x_t: torch.Tensor, t: torch.Tensor, cond=None, guidance: float = 1.0,
+           **backbone_kwargs) -> torch.Tensor:
+        """E[x0 | x_t]; with guidance s != 1, x0_u + s (x0_c - x0_u), the standard CFG form. `t` is [B] or, for
+        video, [B, F] (one time per frame); `backbone_kwargs` (a causal video backbone's `cache=`, `write=`)
+        go to the backbone call."""
+        t = _times(t, x_t)
         if guidance == 1.0 or cond is None:
-            return self._raw(x_t, t, cond, None)[0]
+            return self._raw(x_t, t, cond, None, **backbone_kwargs)[0]
+        if backbone_kwargs.get("cache") is not None:
+            raise ValueError(f"guidance: {guidance} doubles the batch (conditional and unconditional), which a KV "
+                             "cache cannot follow; stream with guidance 1")
         both = self._raw(torch.cat([x_t, x_t]), torch.cat([t, t]),
-                         _concat(cond, self.null_condition(cond)), None)[0]
+                         _concat(cond, self.null_condition(cond)), None, **backbone_kwargs)[0]
         conditional, unconditional = both.chunk(2)
         return unconditional + guidance * (conditional - unconditional)
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond=None, guidance: float = 1.0) -> torch.Tensor:
-        return self.x0(x_t, t, cond, guidance)
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond=None, guidance: float = 1.0,
+                **backbone_kwargs) -> torch.Tensor:
+        return self.x0(x_t, t, cond, guidance, **backbone_kwargs)
 
     def features(self, x_t: torch.Tensor, t: torch.Tensor, cond=None,
                  layers: list[int] | None = None) -> list[torch.Tensor]:
         """Inner activations of the backbone at the given layers (default: its last), for GAN heads."""
-        t = torch.as_tensor(t, dtype=x_t.dtype, device=x_t.device).expand(x_t.shape[0])
-        return self._raw(x_t, t, cond, layers if layers is not None else [-1])[1]
+        return self._raw(x_t, _times(t, x_t), cond, layers if layers is not None else [-1])[1]
 
-    def eps(self, x_t, t, cond=None, guidance: float = 1.0):
-        return self.schedule.eps_from_x0(x_t, self.x0(x_t, t, cond, guidance), t)
+    def eps(self, x_t, t, cond=None, guidance: float = 1.0, **backbone_kwargs):
+        return self.schedule.eps_from_x0(x_t, self.x0(x_t, t, cond, guidance, **backbone_kwargs), t)
 
-    def score(self, x_t, t, cond=None, guidance: float = 1.0):
-        return self.schedule.score_from_x0(x_t, self.x0(x_t, t, cond, guidance), t)
+    def score(self, x_t, t, cond=None, guidance: float = 1.0, **backbone_kwargs):
+        return self.schedule.score_from_x0(x_t, self.x0(x_t, t, cond, guidance, **backbone_kwargs), t)
 
-    def v(self, x_t, t, cond=None, guidance: float = 1.0):
-        return self.schedule.v_from_x0(x_t, self.x0(x_t, t, cond, guidance), t)
+    def v(self, x_t, t, cond=None, guidance: float = 1.0, **backbone_kwargs):
+        return self.schedule.v_from_x0(x_t, self.x0(x_t, t, cond, guidance, **backbone_kwargs), t)
 
-    def flow(self, x_t, t, cond=None, guidance: float = 1.0):
-        return self.schedule.flow_from_x0(x_t, self.x0(x_t, t, cond, guidance), t)
+    def flow(self, x_t, t, cond=None, guidance: float = 1.0, **backbone_kwargs):
+        return self.schedule.flow_from_x0(x_t, self.x0(x_t, t, cond, guidance, **backbone_kwargs), t)
 
     def dsm_loss(self, x0: torch.Tensor, cond=None, generator: torch.Generator | None = None,
                  guidance: float = 1.0, t: torch.Tensor | None = None,
@@ -108,6 +114,12 @@ class Denoiser(nn.Module):
         x_t = self.schedule.add_noise(x0, eps, t)
         error = (self.x0(x_t, t, cond, guidance) - x0) ** 2
         return self.schedule.dsm_weight(t) * sample_mean(error)
+
+
+def _times(t, x_t: torch.Tensor) -> torch.Tensor:
+    """t as a tensor on x_t's device and dtype: a scalar becomes [B]; [B] and per-frame [B, F] stay as they are."""
+    t = torch.as_tensor(t, dtype=x_t.dtype, device=x_t.device)
+    return t.expand(x_t.shape[0]) if t.ndim <= 1 else t
 
 
 def _concat(a, b):

@@ -178,6 +178,9 @@ class Distiller:
                              "set adversary.kind to feature_gan, ladd or apt")
         if self.objective.needs_adversary and self.adversary.options.generator_weight <= 0:
             raise ValueError(f"adversary.generator_weight: objective {kind!r} needs its GAN term; make it > 0")
+        if self.adversary is not None and not self.objective.samples_generator:
+            raise ValueError(f"adversary: objective {kind!r} feeds the generator its own inputs and draws no samples "
+                             "for a discriminator; remove the adversary section")
         wants_real = self.adversary is not None or self.objective.needs_real_data
         if wants_real and with_real_data and self.real_data is None:
             raise ValueError(f"real_data: the adversary or objective {kind!r} needs real samples; set real_data.kind")
@@ -283,8 +286,8 @@ class Distiller:
     def _generator_micro_batch(self) -> dict[str, float]:
         with self.engine.autocast():
             noise, cond = self.draw_local_inputs(self.micro_batch)
-            x = self.generator(noise, cond).float()
-            loss, metrics = self.objective.generator_loss(x, cond, self.teacher, self.fake_score, self.adversary)
+            loss, metrics, x = self.objective.generator_step(self.generator, noise, cond, self.teacher,
+                                                             self.fake_score, self.adversary)
             if self.adversary is not None:
                 g_adv = self.adversary.generator_loss(x, cond)
                 loss = loss + self.adversary.options.generator_weight * g_adv

@@ -8,19 +8,22 @@ from dataclasses import dataclass, field
 
 from potstill.core.denoiser import Denoiser
 from potstill.core.generator import DenoiserGenerator
+from potstill.core.init_from import load_init_weights
 from potstill.core.registry import FAKE_SCORES, GENERATORS
 
 
 @dataclass
 class DenoiserGeneratorOptions:
     """`times` are the student's input noise levels in the teacher's t units, one per step
-    (EDM: [80.0] for DMD2's one-step, [2.5] for SiD's sigma_init)."""
+    (EDM: [80.0] for DMD2's one-step, [2.5] for SiD's sigma_init). `init_from`: a run directory whose EMA
+    student these weights start from (APT after an ODE initialisation), instead of the teacher's."""
 
     times: list[float] = field(default_factory=lambda: [80.0])
     guidance: float = 1.0
+    init_from: str | None = None
 
 
-def _copy_teacher(teacher, key: str) -> Denoiser:
+def copy_teacher(teacher, key: str) -> Denoiser:
     if not isinstance(teacher, Denoiser) or teacher.backbone is None:
         raise ValueError(f"{key}: this teacher has no network to copy; choose another kind")
     return copy.deepcopy(teacher).requires_grad_(True).train()
@@ -28,9 +31,12 @@ def _copy_teacher(teacher, key: str) -> Denoiser:
 
 @GENERATORS.register("denoiser", DenoiserGeneratorOptions)
 def build_denoiser_generator(options: DenoiserGeneratorOptions, context) -> DenoiserGenerator:
-    return DenoiserGenerator(_copy_teacher(context.teacher, "generator.kind"), options.times, options.guidance)
+    generator = DenoiserGenerator(copy_teacher(context.teacher, "generator.kind"), options.times, options.guidance)
+    if options.init_from:
+        load_init_weights(generator, options.init_from)
+    return generator
 
 
 @FAKE_SCORES.register("teacher_copy")
 def build_teacher_copy(options, context) -> Denoiser:
-    return _copy_teacher(context.teacher, "fake_score.kind")
+    return copy_teacher(context.teacher, "fake_score.kind")

@@ -14,7 +14,10 @@ from potstill.core.denoiser import Denoiser
 
 
 class Generator(nn.Module):
-    """Base class: `forward` is the training-time output (with grad), `sample` the inference output."""
+    """Base class: `forward` is the training-time output (with grad), `sample` the inference output.
+    `chunk_frames` is set by students that generate video chunk by chunk (None: the whole sample at once)."""
+
+    chunk_frames: int | None = None
 
     def forward(self, noise: torch.Tensor, cond=None) -> torch.Tensor:
         raise NotImplementedError
@@ -45,8 +48,12 @@ class DenoiserGenerator(Generator):
     def nfe(self) -> int:
         return len(self.times)
 
+    def denoise(self, x_t: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
+        """The student's x0 at given noisy inputs and times, in one pass (ODE regression trains this)."""
+        return self.denoiser.x0(x_t, t, cond, self.guidance)
+
     def _step(self, x_t: torch.Tensor, k: int, cond) -> torch.Tensor:
-        return self.denoiser.x0(x_t, self.times[k].expand(x_t.shape[0]), cond, self.guidance)
+        return self.denoise(x_t, self.times[k].expand(x_t.shape[0]), cond)
 
     def _renoise(self, x0: torch.Tensor, k: int) -> torch.Tensor:
         t = self.times[k].expand(x0.shape[0])

@@ -12,10 +12,15 @@ import torch
 class Modality(ABC):
     sample_shape: tuple[int, ...]
     sample_formats: tuple[str, ...] = ()     # file suffixes `save_samples` writes for a person to look at
+    data_range: tuple[float, float] | None = None    # the range real samples lie in (images: -1, 1)
 
     @abstractmethod
     def draw_inputs(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, object]:
         """Generator input noise [n, *sample_shape] and the matching conditions (or None)."""
+
+    def to_data_range(self, samples: torch.Tensor) -> torch.Tensor:
+        """Samples as the data they imitate (clamped to its range, for bounded data); unbounded data as is."""
+        return samples.clamp(*self.data_range) if self.data_range is not None else samples
 
     def probe_condition(self):
         """A condition for a batch of one, used to probe network shapes."""

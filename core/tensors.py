@@ -9,10 +9,16 @@ from einops import rearrange, reduce
 
 
 def per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Reshape a [B] tensor so it broadcasts against `like` of shape [B, ...]."""
+    """Reshape a [B] tensor so it broadcasts against `like` of shape [B, ...]; per-frame [B, F] values of a
+    video `like` [B, C, F, H, W] broadcast along its frame axis, as [B, 1, F, 1, 1]."""
     values = torch.as_tensor(values, dtype=like.dtype, device=like.device)
     if values.ndim == 0:
         values = values.expand(like.shape[0])
+    if values.ndim == 2:
+        if like.ndim != 5:
+            raise ValueError(f"per-frame values {list(values.shape)} need a video [B, C, F, H, W], got "
+                             f"{list(like.shape)}")
+        return rearrange(values, "b f -> b 1 f 1 1")
     pattern = "b -> b" + " 1" * (like.ndim - 1)
     return rearrange(values, pattern)
 

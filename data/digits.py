@@ -29,7 +29,8 @@ def embedded_path(name: str) -> Path:
     """Path of a weights file shipped in the package (`potstill/data/embedded/NAME.safetensors`)."""
     path = Path(str(resources.files("potstill.data.embedded") / f"{name}.safetensors"))
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: embedded weights missing; run scripts/train_digits.py to make them")
+        raise FileNotFoundError(f"{path}: embedded weights missing; make them with scripts/train_classifiers.py "
+                                "(the classifiers) or potstill train-teacher (the teacher)")
     return path
 
 

@@ -69,6 +69,11 @@ class GaussianMixtureDenoiser(Denoiser):
         super().__init__(None, schedule, "x0", sigma_data, (mixture.dim,))
         self.mixture = mixture
 
+    def identity_tensors(self) -> dict[str, torch.Tensor]:
+        """The mixture's parameters: what makes this teacher this teacher (it has no network weights)."""
+        m = self.mixture
+        return {"means": m.means, "stds": m.stds, "weights": m.weights}
+
     def _raw(self, x_t, t, cond, features):
         if features is not None:
             raise ValueError("the Gaussian-mixture teacher has no inner features; put the head on the fake score")

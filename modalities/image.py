@@ -3,15 +3,11 @@ class-conditional noise and labels, PNG grids, and the Frechet digits distance w
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file
 from torchvision.utils import save_image
 
 from potstill.backbones.digits_classifier import DigitsClassifier
@@ -21,87 +17,9 @@ from potstill.core.denoiser import Denoiser, Prediction
 from potstill.core.modality import Modality
 from potstill.core.registry import MODALITIES, TEACHERS
 from potstill.core.schedules import build_schedule
-from potstill.data.digits import embedded_path, load_digits_tensors
+from potstill.core.weights import check_state, read_state, resolve_weights
+from potstill.data.digits import load_digits_tensors
 from potstill.modalities.frechet import frechet_distance, gaussian_stats
-
-EMBEDDED_PREFIX = "embedded:"
-SHOWN_KEYS = 5      # differing parameter names a wrong-architecture error lists per kind
-
-
-def embedded_names() -> list[str]:
-    """The `embedded:NAME` choices: the weights shipped in `potstill/data/embedded/`."""
-    folder = resources.files("potstill.data.embedded")
-    return sorted(EMBEDDED_PREFIX + entry.name.removesuffix(".safetensors") for entry in folder.iterdir()
-                  if entry.name.endswith(".safetensors"))
-
-
-def resolve_weights(path: str, key: str) -> Path:
-    """`embedded:NAME` names weights shipped in the package; anything else is a local file. Errors name `key`."""
-    if path.startswith(EMBEDDED_PREFIX):
-        if path not in embedded_names():
-            raise ValueError(f"{key}: unknown embedded weights {path!r}; valid choices: {', '.join(embedded_names())}")
-        return embedded_path(path[len(EMBEDDED_PREFIX):])
-    resolved = Path(path).expanduser()
-    if resolved.is_dir():
-        raise ValueError(f"{key}: {resolved} is a directory, not a weights file")
-    if not resolved.is_file():
-        raise FileNotFoundError(f"{key}: {resolved} does not exist")
-    return resolved
-
-
-def read_state(path: Path, key: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Weights and the `potstill` metadata (architecture, schedule, prediction) of a checkpoint file.
-    `.safetensors` files are read directly; `.pt`/`.pth` files (the public DiT releases) with torch.load."""
-    if path.suffix == ".safetensors":
-        return read_safetensors(path, key)
-    return read_torch_state(path, key), {}
-
-
-def read_safetensors(path: Path, key: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """A safetensors file's tensors and `potstill` metadata; a file of another format is an error naming `key`."""
-    try:
-        with safe_open(str(path), "pt") as f:
-            metadata = json.loads((f.metadata() or {}).get("potstill", "{}"))
-        return load_file(str(path)), metadata
-    except (SafetensorError, json.JSONDecodeError) as error:
-        raise ValueError(f"{key}: {path} is not a readable safetensors file ({error})") from None
-
-
-def read_torch_state(path: Path, key: str) -> dict[str, torch.Tensor]:
-    """The state dict of a torch checkpoint (its `ema` or `model` entry when it has one), loaded weights-only.
-    torch.load fails in many ways on a file that is not one (KeyError, EOFError, UnpicklingError, ...), and
-    says so over many lines, so any failure becomes one error naming `key`."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(f"{key}: {path} is neither a safetensors file nor a torch state dict of tensors "
-                         f"(torch.load: {type(error).__name__})") from None
-    if isinstance(state, dict):
-        state = state.get("ema", state.get("model", state))
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{key}: {path} holds no state dict of tensors")
-    return state
-
-
-def listed(names: list[str]) -> str:
-    """The first SHOWN_KEYS names, then how many more."""
-    more = f", and {len(names) - SHOWN_KEYS} more" if len(names) > SHOWN_KEYS else ""
-    return ", ".join(names[:SHOWN_KEYS]) + more
-
-
-def check_state(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], key: str, source: str,
-                what: str) -> None:
-    """Refuse weights of another architecture with one line: counts and the first differing parameter names,
-    not torch's message that lists every one of them."""
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    reshaped = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-                if k in state and state[k].shape != v.shape]
-    found = [(label, names) for label, names in [("missing", missing), ("unexpected", unexpected),
-                                                 ("of another shape (checkpoint vs model)", reshaped)] if names]
-    if found:
-        problems = "; ".join(f"{len(names)} keys {label}: {listed(names)}" for label, names in found)
-        raise ValueError(f"{key}: {source} does not match the {what} configuration ({problems})")
 
 
 @dataclass
@@ -118,9 +36,20 @@ class DiTTeacherOptions:
     sigma_data: float | None = None
 
 
+def recorded_dit_options(meta: dict[str, Any], checkpoint: str) -> dict[str, Any]:
+    """The DiT options a file records: under `dit` (the embedded weights) or, in a teacher file written by
+    `potstill train-teacher`, under `backbone_options` when its backbone is a DiT."""
+    if "backbone" not in meta:
+        return dict(meta.get("dit", {}))
+    if meta["backbone"] != "dit":
+        raise ValueError(f"teacher.checkpoint: {checkpoint} holds a {meta['backbone']!r} teacher, not a DiT; "
+                         "set teacher.kind: trained")
+    return dict(meta.get("backbone_options", {}))
+
+
 def build_dit_denoiser(options: DiTTeacherOptions) -> Denoiser:
     state, meta = read_state(resolve_weights(options.checkpoint, "teacher.checkpoint"), "teacher.checkpoint")
-    dit_values = dict(meta.get("dit", {}))
+    dit_values = recorded_dit_options(meta, options.checkpoint)
     if options.architecture is not None:
         if options.architecture not in PRESETS:
             raise ValueError(f"teacher.architecture: unknown {options.architecture!r}; valid: {', '.join(PRESETS)}")
@@ -139,7 +68,10 @@ def build_dit_denoiser(options: DiTTeacherOptions) -> Denoiser:
     prediction = options.prediction or meta.get("prediction", "edm")
     sigma_data = options.sigma_data if options.sigma_data is not None else meta.get("sigma_data", 0.5)
     shape = (dit_options.in_channels, dit_options.input_size, dit_options.input_size)
-    return Denoiser(backbone, schedule, prediction, sigma_data, shape, dit_options.num_classes)
+    denoiser = Denoiser(backbone, schedule, prediction, sigma_data, shape, dit_options.num_classes)
+    if "backbone" in meta:
+        denoiser.metadata = meta
+    return denoiser
 
 
 TEACHERS.register("dit", DiTTeacherOptions)(lambda options, context: build_dit_denoiser(options))
@@ -215,6 +147,7 @@ class ImageModality(Modality):
         return noise, cond
 
     sample_formats = (".png",)
+    data_range = (-1.0, 1.0)
 
     def save_samples(self, samples, cond, path: Path) -> Path:
         path = path.with_suffix(".png")

@@ -27,6 +27,7 @@ from potstill.core.registry import ADVERSARIES
 from potstill.core.time_draws import TimeOptions, TimeSampling, draw_times
 
 Network = Literal["fake_score", "teacher", "teacher_copy"]
+HeadKind = Literal["mlp", "cross_attention"]
 
 
 class FeatureHead(nn.Module):
@@ -42,16 +43,39 @@ class FeatureHead(nn.Module):
         return reduce(self.net(tokens), "b n 1 -> b", "mean")
 
 
+class CrossAttentionHead(nn.Module):
+    """APT's read-out: one learned query cross-attends over the tokens of a layer, then an MLP gives the logit
+    (Lin et al. 2025, Seaweed-APT), so the head weighs where in the clip to look instead of averaging."""
+
+    def __init__(self, channels: int, hidden: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(channels)
+        self.query = nn.Parameter(torch.randn(1, 1, channels) * channels**-0.5)
+        heads = next(h for h in (4, 2, 1) if channels % h == 0)
+        self.attention = nn.MultiheadAttention(channels, heads, batch_first=True)
+        self.out = nn.Sequential(nn.LayerNorm(channels), nn.Linear(channels, hidden), nn.SiLU(), nn.Linear(hidden, 1))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        tokens = self.norm(rearrange(features, "b ... c -> b (...) c") if features.ndim > 2 else features[:, None])
+        read, _ = self.attention(self.query.expand(tokens.shape[0], -1, -1), tokens, tokens, need_weights=False)
+        return rearrange(self.out(read), "b 1 1 -> b")
+
+
+HEADS: dict[str, type[nn.Module]] = {"mlp": FeatureHead, "cross_attention": CrossAttentionHead}
+
+
 @dataclass
 class FeatureGANOptions(TimeOptions):
     """DMD2 defaults: a head on the fake score's last features, noise positions uniform over the grid.
 
     `t_sampling: logit_normal` draws positions sigmoid(N(t_mean, t_std)) (LADD biases them to high
     noise). `r1_weight` adds gamma/2 ||grad D||^2 on noisy reals; `approx_r1_weight` adds APT's
-    lambda (D(x + s n) - D(x))^2 with s = `approx_r1_sigma`."""
+    lambda (D(x + s n) - D(x))^2 with s = `approx_r1_sigma`. `head`: a per-token MLP averaged over tokens,
+    or APT's cross-attention read-out with one learned query."""
 
     network: Network = "fake_score"
     layers: list[int] = field(default_factory=lambda: [-1])
+    head: HeadKind = "mlp"
     hidden: int = 256
     loss: GANLoss = "non_saturating"
     generator_weight: float = 3e-3
@@ -76,7 +100,7 @@ class FeatureDiscriminator(nn.Module):
             self.network_copy = network
         else:
             self._shared = [network]       # a list keeps the shared network out of this module's parameters
-        self.heads = nn.ModuleList(FeatureHead(c, options.hidden) for c in feature_channels)
+        self.heads = nn.ModuleList(HEADS[options.head](c, options.hidden) for c in feature_channels)
 
     @property
     def trains_fake_score(self) -> bool:
@@ -133,7 +157,12 @@ def feature_channels(network: Denoiser, layers: list[int], cond) -> list[int]:
     x = torch.zeros(1, *network.sample_shape)
     t = torch.full((1,), network.schedule.t_at(torch.tensor(0.5)).item())
     with torch.no_grad():
-        return [f.shape[-1] for f in network.features(x, t, cond, layers)]
+        try:
+            return [f.shape[-1] for f in network.features(x, t, cond, layers)]
+        except IndexError:
+            depth = len(getattr(network.backbone, "blocks", []))
+            raise ValueError(f"adversary.layers: {layers} reach past the network's {depth} blocks; use indices in "
+                             f"{-depth}..{depth - 1}") from None
 
 
 def resolve_network(options: FeatureGANOptions, context) -> Denoiser:
@@ -175,11 +204,14 @@ class LADDOptions(FeatureGANOptions):
 
 @dataclass
 class APTOptions(FeatureGANOptions):
-    """APT: heads on a trainable copy of the teacher, non-saturating loss, approximate R1 with
-    lambda = 100 and sigma = 0.01 (Lin et al. 2025, Seaweed-APT)."""
+    """APT: cross-attention read-out heads (one learned query) at three depths of a trainable copy of the
+    teacher, non-saturating loss, approximate R1 with lambda = 100 and sigma = 0.01 on the noisy real input,
+    perturbed at the same t and noise (Lin et al. 2025, Seaweed-APT). `approx_r1_scaling: plain` (the default,
+    APT's and the third-party reimplementations' form) or `divided` by sigma (Self-Forcing's, reference §8)."""
 
     network: Network = "teacher_copy"
     layers: list[int] = field(default_factory=lambda: [-3, -2, -1])
+    head: HeadKind = "cross_attention"
     generator_weight: float = 1.0
     discriminator_weight: float = 1.0
     approx_r1_weight: float = 100.0

@@ -1,6 +1,7 @@
 """Score-distillation objectives, one file per method; importing this package registers them."""
 
-from potstill.core.objectives import adversarial, dmd, dmd2, fdistill, sds, sid, sida, sim, vsd
+from potstill.core.objectives import adversarial, dmd, dmd2, fdistill, ode_regression, sds, sid, sida, sim, vsd
 from potstill.core.objectives.base import Objective
 
-__all__ = ["Objective", "adversarial", "dmd", "dmd2", "fdistill", "sds", "sid", "sida", "sim", "vsd"]
+__all__ = ["Objective", "adversarial", "dmd", "dmd2", "fdistill", "ode_regression", "sds", "sid", "sida", "sim",
+           "vsd"]

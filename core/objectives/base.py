@@ -27,12 +27,15 @@ def reduce_loss(per_element: torch.Tensor, reduction: Reduction, batch: int | No
 class Objective(nn.Module):
     """A distillation divergence. Subclasses set the flags below and implement `generator_loss`.
 
-    `uses_fake_score`: trains an online fake score by `fake_score_loss`. `needs_real_data`: the critic
+    `uses_fake_score`: trains an online fake score by `fake_score_loss`. `samples_generator`: the generator
+    update draws samples G(z) (False: the objective feeds the generator its own inputs, as ODE regression
+    does, so there are no samples for an adversary). `needs_real_data`: the critic
     loss also reads real samples (SiDA). `needs_adversary`: the generator loss reads the adversary
     (f-distill's density ratio). `default_adversary`: the adversary built when the config names none
     (ADD, LADD and APT are adversarial methods on their own)."""
 
     uses_fake_score: bool = True
+    samples_generator: bool = True
     needs_real_data: bool = False
     needs_adversary: bool = False
     default_adversary: str | None = None
@@ -52,6 +55,14 @@ class Objective(nn.Module):
         t = draw_times(self.options, schedule, x.shape[0]).to(x)
         eps = parallel.randn_like(x)
         return t, eps, schedule.add_noise(x, eps, t)
+
+    def generator_step(self, generator: nn.Module, noise: torch.Tensor, cond, teacher: Denoiser,
+                       fake: Denoiser | None, adversary: nn.Module | None = None
+                       ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor | None]:
+        """(loss, logged scalars, samples): the generator's samples G(noise, cond) scored by `generator_loss`."""
+        x = generator(noise, cond).float()
+        loss, metrics = self.generator_loss(x, cond, teacher, fake, adversary)
+        return loss, metrics, x
 
     def generator_loss(self, x: torch.Tensor, cond, teacher: Denoiser, fake: Denoiser | None,
                        adversary: nn.Module | None = None) -> tuple[torch.Tensor, dict[str, float]]:

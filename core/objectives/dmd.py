@@ -1,24 +1,22 @@
 """Original DMD (Yin et al. 2023; reference §1): the paper's distribution-matching gradient
 alpha_t (D_fake - D_real) / mean|x - D_real| plus a regression loss lambda_reg d(G(z_ref), y_ref) on
 noise-image pairs that the teacher's deterministic ODE produced once from the same noise. The pairs
-are made on first use (seeded, so a resumed run makes the same ones) and cached in `pairs_file` when
-given. The paper's d is LPIPS; LPIPS needs pretrained VGG weights, so d here is L2 or pseudo-Huber."""
+are made on first use (seeded, so a resumed run makes the same ones) by `core/ode_pairs.py` and cached in
+`pairs_file` when given. The paper's d is LPIPS; LPIPS needs pretrained VGG weights, so d here is L2 or pseudo-Huber."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from potstill.core import parallel
 from potstill.core.denoiser import Denoiser
 from potstill.core.objectives.dmd2 import DMD2, DMD2Options
+from potstill.core.ode_pairs import PairSettings, load_or_make
 from potstill.core.registry import OBJECTIVES
-from potstill.core.samplers import sample
+from potstill.core.samplers import default_solver
 from potstill.core.tensors import sample_mean
 
 
@@ -51,37 +49,15 @@ class DMD(DMD2):
         self.pairs: dict[str, torch.Tensor] | None = None
         self.register_buffer("cursor", torch.zeros((), dtype=torch.long))   # checkpointed, so resumes continue
 
-    @torch.no_grad()
-    def make_pairs(self, teacher: Denoiser, device: torch.device) -> dict[str, torch.Tensor]:
+    def pair_settings(self) -> PairSettings:
         o = self.options
-        noise, cond = self._modality[0].draw_inputs(o.pairs, torch.Generator().manual_seed(o.pair_seed))
-        if cond is not None and not isinstance(cond, torch.Tensor):
-            raise ValueError("objective.kind 'dmd': regression pairs support tensor conditions only")
-        targets = []
-        for start in range(0, o.pairs, o.pair_batch):
-            part = slice(start, start + o.pair_batch)
-            part_cond = cond[part].to(device) if cond is not None else None
-            targets.append(sample(teacher, noise[part].to(device), part_cond, o.pair_nfe, None, o.guidance))
-        pairs = {"noise": noise, "target": torch.cat(targets).cpu()}
-        if cond is not None:
-            pairs["cond"] = cond
-        return pairs
+        return PairSettings(o.pairs, [], o.pair_nfe, default_solver(o.pair_nfe), o.guidance, o.pair_seed)
 
     def load_pairs(self, teacher: Denoiser, device: torch.device) -> dict[str, torch.Tensor]:
-        path = Path(self.options.pairs_file) if self.options.pairs_file else None
-        if path is not None and path.is_file():
-            pairs = load_file(path)
-            if len(pairs.get("noise", [])) != self.options.pairs:
-                raise ValueError(f"objective.pairs_file: {path} holds {len(pairs.get('noise', []))} pairs, "
-                                 f"the config asks for {self.options.pairs}; delete the file to remake it")
-            return pairs
-        pairs = self.make_pairs(teacher, device)      # every rank makes them (a sharded teacher runs on all)
-        if path is not None and parallel.PLACE.rank == 0:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_name(path.name + ".partial")
-            save_file({k: v.contiguous() for k, v in pairs.items()}, partial)
-            os.replace(partial, path)
-        return pairs
+        """Noise and the teacher's ODE endpoint for it (`target`), shared with the video ODE initialisation."""
+        pairs = load_or_make(teacher, self._modality[0], self.pair_settings(), device, self.options.pairs_file, None,
+                             self.options.pair_batch)
+        return {"target": pairs.pop("endpoint"), **pairs}
 
     def regression_loss(self, teacher: Denoiser, batch: int, device: torch.device) -> torch.Tensor:
         """lambda_reg * mean d(G(z_ref), y_ref) over the next `batch` cached pairs, cycling through them."""

@@ -1,0 +1,95 @@
+"""The teacher file `potstill train-teacher` writes: a backbone's weights as safetensors with metadata key
+`potstill` (JSON: backbone and its options, schedule and its options, prediction, sigma_data, sample_shape,
+num_classes, the data section, trained_steps), and the teacher kind `trained` that builds a Denoiser from any
+such file through the registries."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from potstill.core import registry as reg
+from potstill.core.checkpoint import fsync_path
+from potstill.core.config import ConfigError, from_dict
+from potstill.core.denoiser import Denoiser
+from potstill.core.schedules import build_schedule
+from potstill.core.weights import check_state, read_state, resolve_weights
+
+TEACHER_FILE = "teacher.safetensors"
+METADATA_KEY = "potstill"
+REQUIRED = ("backbone", "backbone_options", "schedule", "schedule_options", "prediction", "sigma_data",
+            "sample_shape", "num_classes")
+PREDICTIONS = ("x0", "eps", "v", "flow", "edm")
+
+
+def write_teacher_file(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, Any]) -> Path:
+    """Write the weights and metadata so that a reader sees the old file or the new one, never a part."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    save_file(tensors, tmp, metadata={METADATA_KEY: json.dumps(metadata)})
+    fsync_path(tmp)
+    os.replace(tmp, path)
+    fsync_path(path.parent)
+    return path
+
+
+def read_teacher_file(checkpoint: str, key: str = "teacher.checkpoint") -> tuple[dict[str, torch.Tensor], dict]:
+    """Weights and metadata of a teacher file (a path or `embedded:NAME`); any other file is an error naming `key`."""
+    path = resolve_weights(checkpoint, key)
+    state, meta = read_state(path, key)
+    missing = [name for name in REQUIRED if name not in meta]
+    if missing:
+        raise ValueError(f"{key}: {path} is not a potstill teacher file (its `{METADATA_KEY}` metadata lacks "
+                         f"{', '.join(missing)}); write one with `potstill train-teacher`, or use teacher.kind dit "
+                         "for other DiT weights")
+    if meta["prediction"] not in PREDICTIONS:
+        raise ValueError(f"{key}: {path} records prediction {meta['prediction']!r}; valid: {', '.join(PREDICTIONS)}")
+    return state, meta
+
+
+def build_backbone(meta: dict, key: str, source: str) -> torch.nn.Module:
+    """The backbone the metadata records, built through the BACKBONES registry; errors name `key`."""
+    try:
+        entry = reg.BACKBONES.get(meta["backbone"])
+        return entry.builder(from_dict(entry.options, meta["backbone_options"], "backbone_options"))
+    except (ConfigError, reg.UnknownNameError) as error:
+        raise ValueError(f"{key}: {source}: its metadata does not describe a backbone this version builds "
+                         f"({error})") from None
+
+
+def build_trained_denoiser(checkpoint: str, key: str = "teacher.checkpoint") -> Denoiser:
+    """A Denoiser from a teacher file, its weights checked against the recorded architecture; `.metadata` holds
+    the file's metadata for modalities to read (the data section, for one)."""
+    state, meta = read_teacher_file(checkpoint, key)
+    with torch.device("meta"):
+        expected = build_backbone(meta, key, checkpoint).state_dict()
+    check_state(expected, state, key, checkpoint, meta["backbone"])
+    backbone = build_backbone(meta, key, checkpoint)
+    backbone.load_state_dict(state)
+    try:
+        schedule = build_schedule(meta["schedule"], meta["schedule_options"], "schedule")
+    except (ConfigError, reg.UnknownNameError) as error:
+        raise ValueError(f"{key}: {checkpoint}: its metadata does not describe a schedule this version builds "
+                         f"({error})") from None
+    denoiser = Denoiser(backbone, schedule, meta["prediction"], float(meta["sigma_data"]),
+                        tuple(meta["sample_shape"]), int(meta["num_classes"]))
+    denoiser.metadata = meta
+    return denoiser
+
+
+@dataclass
+class TrainedTeacherOptions:
+    """`checkpoint`: a teacher file written by `potstill train-teacher` (or `embedded:NAME`)."""
+
+    checkpoint: str
+
+
+reg.TEACHERS.register("trained", TrainedTeacherOptions)(
+    lambda options, context: build_trained_denoiser(options.checkpoint))

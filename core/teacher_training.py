@@ -1,0 +1,225 @@
+"""`potstill train-teacher`: a registered backbone trained from scratch with the schedule's own denoising score
+matching loss on a registered dataset (AdamW, warmup and decay, gradient clipping, EMA), checkpointed and
+resumed exactly like a distillation run, and written as `DIR/teacher.safetensors` for `teacher.kind: trained`."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from potstill.core import checkpoint as ckpt
+from potstill.core import registry as reg
+from potstill.core.config import TrainConfig, read_yaml, to_dict
+from potstill.core.config_changes import check_resume_changes, record_changes, write_config_file
+from potstill.core.denoiser import Denoiser
+from potstill.core.distiller import RunningMean, progress_summary, rng_state, seed_everything, set_rng_state
+from potstill.core.ema import EMA
+from potstill.core.engine import Engine, NonFiniteError, Part, PlainEngine, PlainOptions, first_nonfinite
+from potstill.core.preemption import Preempted, StopRequests
+from potstill.core.run_log import RunLog
+from potstill.core.teacher_config import TeacherRunConfig
+from potstill.core.teacher_file import TEACHER_FILE, write_teacher_file
+from potstill.core.tensors import per_sample, to_device
+
+FREE_HERE = ["train.device"]     # besides config_changes.FREE_ON_RESUME: where it runs is no part of the recipe
+
+
+@dataclass
+class DataContext:
+    """What a dataset builder may read: this config and the engine; no teacher, modality or text encoder."""
+
+    config: TeacherRunConfig
+    engine: Engine
+    teacher: None = None
+    modality: None = None
+    text_encoder: None = None
+
+
+def options_dict(options) -> dict:
+    """A component's options as a plain mapping (empty for a component without options)."""
+    return to_dict(options) if options is not None else {}
+
+
+def sized_to_data(options, real_data):
+    """The backbone's options with a null `input_size` set to the data's frame or image side (read from one
+    sample, drawn before any state is saved or loaded), so `--set real_data.canvas=16` needs nothing else."""
+    if getattr(options, "input_size", 0) is not None:
+        return options
+    sample, _ = real_data.next(1)
+    return replace(options, input_size=int(sample.shape[-1]))
+
+
+class TeacherTrainer:
+    """One teacher run: backbone, schedule and data built from `config`, trained by `train()`, checkpointed under
+    `run_dir/checkpoints` (backbone and EMA as safetensors; optimizer, RNG, data stream and step in state.pt)."""
+
+    def __init__(self, config: TeacherRunConfig, run_dir: Path) -> None:
+        self.config, self.run_dir = config, Path(run_dir)
+        t = config.train
+        seed_everything(t.seed)
+        self.engine = PlainEngine(PlainOptions(t.device), TrainConfig(steps=t.steps, batch_size=t.batch_size,
+                                                                      seed=t.seed))
+        dataset = reg.DATASETS.get(config.real_data.kind, "real_data.kind")
+        self.real_data = dataset.builder(config.real_data.options, DataContext(config, self.engine))
+        self.backbone_options = sized_to_data(config.backbone.options, self.real_data)
+        backbone = reg.BACKBONES.get(config.backbone.kind, "backbone.kind").builder(self.backbone_options)
+        schedule = reg.SCHEDULES.get(config.schedule.kind, "schedule.kind").builder(config.schedule.options)
+        self.num_classes = int(getattr(config.backbone.options, "num_classes", 0) or 0)
+        self._check_label_dropout()
+        self.model = Denoiser(backbone, schedule, config.prediction, config.sigma_data, (), self.num_classes)
+        self.model.to(self.engine.device)
+        self.ema = EMA(self.model, t.ema_decay)
+        self.trainable = self.engine.prepare("backbone", [Part("backbone", self.model, t.optim())])
+        self.step = 0
+
+    def _check_label_dropout(self) -> None:
+        options = self.config.backbone.options
+        if self.config.label_dropout > 0 and getattr(options, "class_dropout_prob", None) == 0 and self.num_classes:
+            raise ValueError("label_dropout: the backbone has no null class to drop labels to "
+                             "(backbone.class_dropout_prob is 0); make it > 0 or set label_dropout: 0")
+
+    def _set_sample_shape(self, shape) -> None:
+        self.model.sample_shape = self.ema.model.sample_shape = tuple(int(s) for s in shape)
+
+    def drop_labels(self, cond):
+        """Each sample's condition replaced by the backbone's null condition with probability `label_dropout`."""
+        p = self.config.label_dropout
+        if cond is None or p == 0:
+            return cond
+        if not isinstance(cond, torch.Tensor):
+            raise ValueError(f"label_dropout: the data's conditions are a {type(cond).__name__}, not a tensor; "
+                             "set label_dropout: 0")
+        drop = (torch.rand(cond.shape[0]) < p).to(cond.device)
+        return torch.where(per_sample(drop, cond).bool(), self.model.null_condition(cond), cond)
+
+    def train_step(self) -> dict[str, float]:
+        """One AdamW step on a batch of real samples; the loss is the schedule's native DSM loss."""
+        t = self.config.train
+        x0, cond = to_device(self.real_data.next(t.batch_size), self.engine.device)
+        if not self.model.sample_shape:
+            self._set_sample_shape(x0.shape[1:])
+        cond = self.drop_labels(cond)
+        lr = t.lr_at(self.step)
+        for group in self.engine.optimizer_groups(self.trainable):
+            group["lr"] = lr
+        self.engine.step_index = self.step + 1
+        loss = self.model.dsm_loss(x0, cond).mean()
+        self.engine.backward(self.trainable, loss, "teacher")
+        norms = self.engine.step(self.trainable)
+        self.ema.update(self.model)
+        self.step += 1
+        return {"loss": loss.item(), "lr": lr, "grad_norm": norms["backbone"]}
+
+    def train(self, steps: int | None = None) -> None:
+        """Run until `train.steps` (or `steps` more), logging and checkpointing; a SIGTERM or SIGINT stops it at the
+        next step boundary with a checkpoint (raising `Preempted`)."""
+        t = self.config.train
+        end = t.steps if steps is None else min(t.steps, self.step + steps)
+        log = RunLog(self.run_dir / "logs", self.step)
+        bar = tqdm(total=end, initial=self.step, disable=not t.progress, desc="train-teacher", dynamic_ncols=True)
+        start, first, window = time.perf_counter(), self.step, RunningMean()
+        try:
+            with StopRequests() as stop:
+                while self.step < end:
+                    window.add(self.train_step())
+                    bar.update(1)
+                    if self.step % t.log_every == 0 or self.step == end:
+                        metrics = window.mean() | self.real_data.metrics()
+                        metrics["sec_per_step"] = (time.perf_counter() - start) / (self.step - first)
+                        window = RunningMean()
+                        log.write(self.step, metrics)
+                        bar.set_postfix(progress_summary(metrics))
+                    if t.checkpoint_every and self.step % t.checkpoint_every == 0:
+                        self.save()
+                    if stop.signum:
+                        raise Preempted(stop.signum, self.step, self.save())
+        finally:
+            bar.close()
+            log.close()
+
+    def save(self) -> Path:
+        """A verified checkpoint of this step (kept when one is already in place); never of a non-finite model."""
+        folder = self.run_dir / "checkpoints"
+        final = ckpt.final_folder(folder, self.step)
+        if ckpt.checkpoint_problem(final) is None:
+            return final
+        weights = {"backbone": self.engine.full_state_dict(self.model.backbone),
+                   "backbone_ema": self.engine.full_state_dict(self.ema.model.backbone)}
+        bad = next((f"{name}.{key}" for name, tensors in weights.items()
+                    if (key := first_nonfinite(list(tensors.items()))) is not None), None)
+        if bad is not None:
+            raise NonFiniteError(f"{bad} is not finite at step {self.step}; the checkpoint was not written")
+        state = {"step": self.step, "optimizers": self.engine.save_training_state(folder, [self.trainable]),
+                 "rng": rng_state(), "real_data": self.real_data.state_dict(),
+                 "sample_shape": list(self.model.sample_shape)}
+        return ckpt.save_checkpoint(folder, self.step, weights, state, self.config.train.keep_checkpoints)
+
+    def load(self, checkpoint: Path) -> None:
+        """Weights, optimizer, RNG, data stream and step from a (verified) checkpoint."""
+        self.model.backbone.load_state_dict(ckpt.load_weights(checkpoint, "backbone"))
+        self.ema.model.backbone.load_state_dict(ckpt.load_weights(checkpoint, "backbone_ema"))
+        state = ckpt.load_state(checkpoint)
+        self.step = state["step"]
+        self.engine.load_training_state(checkpoint, [self.trainable], state["optimizers"])
+        set_rng_state(state["rng"])
+        self.real_data.load_state_dict(state["real_data"])
+        self._set_sample_shape(state["sample_shape"])
+
+    def resume(self) -> bool:
+        """Continue from the newest intact checkpoint; False when there is none."""
+        latest = ckpt.latest_checkpoint(self.run_dir / "checkpoints")
+        if latest is None:
+            return False
+        self.load(latest)
+        return True
+
+    def metadata(self) -> dict:
+        """The teacher file's `potstill` metadata: everything `teacher.kind: trained` rebuilds the Denoiser from."""
+        c = self.config
+        return {"backbone": c.backbone.kind, "backbone_options": options_dict(self.backbone_options),
+                "schedule": c.schedule.kind, "schedule_options": options_dict(c.schedule.options),
+                "prediction": c.prediction, "sigma_data": c.sigma_data, "sample_shape": list(self.model.sample_shape),
+                "num_classes": self.num_classes, "data": to_dict(c.real_data), "trained_steps": self.step}
+
+    def write_teacher(self) -> Path:
+        """`run_dir/teacher.safetensors`: the EMA backbone with the metadata, written atomically."""
+        state = self.engine.full_state_dict(self.ema.model.backbone)
+        return write_teacher_file(self.run_dir / TEACHER_FILE, state, self.metadata())
+
+
+def train_teacher(config: TeacherRunConfig, run_dir: Path, resume: bool = False,
+                  allow_change: list[str] | None = None) -> Path:
+    """Train to `train.steps` (continuing the run in `run_dir` with `resume`), checkpoint, and write the teacher
+    file; returns its path. A resume whose config differs is refused unless each change is free or allowed."""
+    run_dir = Path(run_dir)
+    folder, saved = run_dir / "checkpoints", run_dir / "config.yaml"
+    if not resume and (ckpt.holds_checkpoints(folder) or (run_dir / TEACHER_FILE).exists()):
+        raise FileExistsError(f"{run_dir}: already holds a teacher run; pass --resume to continue it, or another "
+                              "--out")
+    if resume and not ckpt.holds_checkpoints(folder):
+        raise FileNotFoundError(f"{run_dir}: --resume given but the run has no checkpoint")
+    requested = to_dict(config)
+    changes = (check_resume_changes(read_yaml(saved), requested, [*FREE_HERE, *(allow_change or [])])
+               if resume and saved.is_file() else {})
+    trainer = TeacherTrainer(config, run_dir)
+    if resume:
+        trainer.resume()
+    if changes:
+        record_changes(run_dir, trainer.step, changes, requested)
+    elif not resume or not saved.is_file():
+        write_config_file(saved, requested)
+    action = f"resuming at step {trainer.step}" if trainer.step else "starting"
+    print(f"potstill train-teacher: {action}; run directory: {run_dir}; seed {config.train.seed}; "
+          f"TensorBoard: tensorboard --logdir {run_dir / 'logs' / 'tb'}", flush=True)
+    try:
+        trainer.train()
+        trainer.save()
+    except NonFiniteError as error:
+        latest = ckpt.latest_checkpoint(folder) if ckpt.holds_checkpoints(folder) else None
+        where = f"last good checkpoint: {latest} (continue with --resume)" if latest else "no checkpoint yet"
+        raise NonFiniteError(f"{error}; {where}") from None
+    return trainer.write_teacher()

@@ -1,0 +1,116 @@
+"""Train the scoring classifiers shipped in data/embedded/: the digits classifier (Frechet digits distance of the
+image modality) and the moving-digits video classifier (toy Frechet video distance of the video modality).
+
+    python scripts/train_classifiers.py [--only digits|video] [--digits-epochs 40] [--video-steps 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from potstill.backbones.digits_classifier import DigitsClassifier
+from potstill.backbones.video_classifier import VideoClassifier
+from potstill.data.digits import load_digits_tensors
+from potstill.data.moving_digits import moving_digit_clips
+from potstill.modalities.video_scores import search_shifts
+
+OUT = Path(__file__).resolve().parent.parent / "data" / "embedded"
+VIDEO_CANVAS = (10, 16)          # inclusive ranges the video classifier trains on
+VIDEO_FRAMES = (6, 16)
+VIDEO_HELD_OUT = [(12, 8), (10, 6), (16, 16), (12, 48)]     # (canvas, frames) of the held-out check
+
+
+def save_weights(model: torch.nn.Module, name: str) -> None:
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, OUT / f"{name}.safetensors")
+
+
+def train_digits_classifier(epochs: int, seed: int) -> None:
+    torch.manual_seed(seed)
+    images, labels = load_digits_tensors()
+    model = DigitsClassifier()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
+    for epoch in range(epochs):
+        order = torch.randperm(len(images))
+        for start in range(0, len(images), 128):
+            index = order[start : start + 128]
+            x = images[index]
+            shifts = torch.randint(-1, 2, (2,))
+            x = torch.roll(x, shifts=(int(shifts[0]), int(shifts[1])), dims=(2, 3))
+            x = (x + 0.1 * torch.randn_like(x)).clamp(-1, 1)
+            loss = F.cross_entropy(model(x)[0], labels[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            accuracy = (model(images)[0].argmax(1) == labels).float().mean()
+        print(f"classifier epoch {epoch} loss {loss.item():.4f} train accuracy {accuracy:.4f}", flush=True)
+    save_weights(model, "digits_classifier")
+
+
+def random_clips(batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of clips at one random canvas and frame count, moving at any velocity with |dy|, |dx| <= 2."""
+    canvas = int(torch.randint(VIDEO_CANVAS[0], VIDEO_CANVAS[1] + 1, (), generator=generator))
+    frames = int(torch.randint(VIDEO_FRAMES[0], VIDEO_FRAMES[1] + 1, (), generator=generator))
+    return moving_digit_clips(batch, canvas, frames, [list(v) for v in search_shifts()], generator)
+
+
+@torch.no_grad()
+def held_out_accuracy(model: VideoClassifier, seed: int, n: int = 500) -> dict[tuple[int, int], float]:
+    """Accuracy on fresh clips (another seed) at each VIDEO_HELD_OUT (canvas, frames)."""
+    model.eval()
+    generator = torch.Generator().manual_seed(seed + 10_000)
+    accuracy = {}
+    for canvas, frames in VIDEO_HELD_OUT:
+        clips, labels = moving_digit_clips(n, canvas, frames, [list(v) for v in search_shifts()], generator)
+        accuracy[canvas, frames] = float((model(clips)[0].argmax(1) == labels).float().mean())
+    model.train()
+    return accuracy
+
+
+def train_video_classifier(steps: int, batch: int, seed: int) -> None:
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    model = VideoClassifier()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=steps, pct_start=0.1)
+    begin = time.perf_counter()
+    for step in range(steps):
+        clips, labels = random_clips(batch, generator)
+        clips = (clips + 0.1 * torch.randn(clips.shape, generator=generator)).clamp(-1, 1)
+        loss = F.cross_entropy(model(clips)[0], labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if step % 250 == 0 or step == steps - 1:
+            print(f"video classifier step {step} loss {loss.item():.4f} ({time.perf_counter() - begin:.0f} s)",
+                  flush=True)
+    accuracy = held_out_accuracy(model, seed)
+    print("video classifier held-out accuracy (canvas, frames): "
+          + ", ".join(f"{key}: {value:.4f}" for key, value in accuracy.items()), flush=True)
+    save_weights(model, "moving_digits_classifier")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", choices=["digits", "video"], default=None)
+    parser.add_argument("--digits-epochs", type=int, default=40)
+    parser.add_argument("--video-steps", type=int, default=1000)
+    parser.add_argument("--video-batch", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    if args.only != "video":
+        train_digits_classifier(args.digits_epochs, args.seed)
+    if args.only != "digits":
+        train_video_classifier(args.video_steps, args.video_batch, args.seed)
+
+
+if __name__ == "__main__":
+    main()

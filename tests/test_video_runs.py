@@ -1,0 +1,73 @@
+"""Every video config runs end to end on a tiny teacher trained by `potstill train-teacher`: the ODE
+initialisation, Self-Forcing and CausVid from it, APT's initialisation and APT; `potstill sample` streams
+past the training length with --frames, --class and --stream; the errors name their key."""
+
+import pytest
+import torch
+
+from potstill.cli import main
+from tests_support import CONFIGS
+
+VIDEO = CONFIGS / "video"
+TINY_BACKBONE = ["backbone.hidden_size=32", "backbone.depth=2", "backbone.num_heads=2"]
+QUICK = ["train.steps=2", "train.batch_size=2", "train.log_every=1", "train.progress=false", "eval.n_samples=4",
+         "eval.batch_size=4", "train.checkpoint_every=0"]
+
+
+def teacher(folder, extra=()):
+    main(["train-teacher", str(VIDEO / "moving_digits_teacher.yaml"), "--out", str(folder), "--set", *TINY_BACKBONE,
+          "real_data.frames=4", "train.steps=2", "train.batch_size=4", "train.progress=false", *extra])
+    return folder / "teacher.safetensors"
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory):
+    return teacher(tmp_path_factory.mktemp("teacher"))
+
+
+def distill(name, out, teacher_file, *extra):
+    main(["distill", str(VIDEO / f"moving_digits_{name}.yaml"), "--out", str(out), "--set",
+          f"teacher.checkpoint={teacher_file}", *QUICK, "objective.pairs=8", "objective.pair_nfe=3",
+          f"objective.pairs_dir={out.parent / 'pairs'}", *extra] if "init" in name else
+         ["distill", str(VIDEO / f"moving_digits_{name}.yaml"), "--out", str(out), "--set",
+          f"teacher.checkpoint={teacher_file}", *QUICK, *extra])
+    return out
+
+
+def test_every_video_config_runs_and_streams_past_its_training_length(tiny_teacher, tmp_path, capsys):
+    ode = distill("ode_init", tmp_path / "ode", tiny_teacher)
+    for name in ("self_forcing", "causvid"):
+        run = distill(name, tmp_path / name, tiny_teacher, f"generator.init_from={ode}")
+        assert (run / "report.json").is_file()
+    apt_init = distill("apt_init", tmp_path / "apt_init", tiny_teacher)
+    distill("apt", tmp_path / "apt", tiny_teacher, f"generator.init_from={apt_init}", "real_data.frames=4",
+            "adversary.layers=[0, 1]")
+    capsys.readouterr()
+    out = tmp_path / "long.pt"
+    main(["sample", str(tmp_path / "self_forcing"), "--n", "3", "--frames", "12", "--class", "7", "--stream",
+          "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert printed.count("chunk ") == 6 and "frames 11-12" in printed
+    clips = torch.load(out)
+    assert clips.shape == (3, 1, 12, 12, 12) and clips.min() >= -1 and clips.max() <= 1
+    main(["sample", str(tmp_path / "apt"), "--n", "2", "--out", str(tmp_path / "clips.mp4")])
+    assert (tmp_path / "clips.mp4").stat().st_size > 0
+
+
+def test_init_from_a_run_of_another_architecture_is_refused(tiny_teacher, tmp_path, capsys):
+    other = teacher(tmp_path / "wide", ["backbone.hidden_size=48"])
+    run = distill("ode_init", tmp_path / "ode", other)
+    with pytest.raises(SystemExit):
+        distill("self_forcing", tmp_path / "sf", tiny_teacher, f"generator.init_from={run}")
+    assert "generator.init_from" in capsys.readouterr().err
+
+
+def test_sampling_past_a_bounded_cache_and_uneven_chunks_name_the_fix(tiny_teacher, tmp_path, capsys):
+    run = distill("ode_init", tmp_path / "ode", tiny_teacher, "generator.cache={mode: none}")
+    for frames, words in [("12", "rolling"), ("3", "generator.chunk_frames")]:
+        with pytest.raises(SystemExit):
+            main(["sample", str(run), "--n", "1", "--frames", frames, "--out", str(tmp_path / "x.pt")])
+        assert words in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["sample", str(run), "--n", "1", "--class", "12", "--out", str(tmp_path / "x.pt")])
+    assert "--class: 12" in capsys.readouterr().err
