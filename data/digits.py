@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cache
-from importlib import resources
 from pathlib import Path
 
 import torch
@@ -23,15 +22,6 @@ def load_digits_tensors() -> tuple[torch.Tensor, torch.Tensor]:
     bunch = load_digits()
     images = torch.tensor(bunch.images, dtype=torch.float32) / 16.0 * 2 - 1
     return rearrange(images, "n h w -> n 1 h w"), torch.tensor(bunch.target, dtype=torch.long)
-
-
-def embedded_path(name: str) -> Path:
-    """Path of a weights file shipped in the package (`potstill/data/embedded/NAME.safetensors`)."""
-    path = Path(str(resources.files("potstill.data.embedded") / f"{name}.safetensors"))
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: embedded weights missing; make them with scripts/train_classifiers.py "
-                                "(the classifiers) or potstill train-teacher (the teacher)")
-    return path
 
 
 class RealSampleStream(RealData):
