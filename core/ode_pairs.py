@@ -135,3 +135,11 @@ def load_or_make(teacher: Denoiser, modality, settings: PairSettings, device: to
     if path is not None and parallel.PLACE.rank == 0:
         write_pairs(path, pairs, wanted)
     return pairs
+
+
+def next_rows(cursor: torch.Tensor, count: int, batch: int) -> torch.Tensor:
+    """This rank's indices of the next global batch of `batch` rows per rank, cycling through `count` pairs from
+    the checkpointed `cursor`, which then moves past the whole global batch (so a resumed run continues)."""
+    index = parallel.draw_local(lambda n: (torch.arange(n) + int(cursor)) % count, batch)
+    cursor.fill_((int(cursor) + batch * parallel.PLACE.world_size) % count)
+    return index

@@ -91,3 +91,12 @@ def check_state(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor
     if found:
         problems = "; ".join(f"{len(names)} keys {label}: {listed(names)}" for label, names in found)
         raise ValueError(f"{key}: {source} does not match the {what} configuration ({problems})")
+
+
+def load_frozen(module: torch.nn.Module, path: str, key: str, what: str) -> torch.nn.Module:
+    """`module` with the weights `path` names (`embedded:NAME` or a file), checked against its architecture,
+    frozen in eval mode: how scoring networks are loaded. Every error names `key`."""
+    state, _ = read_state(resolve_weights(path, key), key)
+    check_state(module.state_dict(), state, key, path, what)
+    module.load_state_dict(state)
+    return module.eval().requires_grad_(False)

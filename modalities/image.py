@@ -17,7 +17,7 @@ from potstill.core.denoiser import Denoiser, Prediction
 from potstill.core.modality import Modality
 from potstill.core.registry import MODALITIES, TEACHERS
 from potstill.core.schedules import build_schedule
-from potstill.core.weights import check_state, read_state, resolve_weights
+from potstill.core.weights import check_state, load_frozen, read_state, resolve_weights
 from potstill.data.digits import load_digits_tensors
 from potstill.modalities.frechet import frechet_distance, gaussian_stats
 
@@ -79,11 +79,7 @@ TEACHERS.register("dit", DiTTeacherOptions)(lambda options, context: build_dit_d
 
 def load_classifier(path: str) -> DigitsClassifier:
     """The scoring classifier from `modality.classifier`; every error names that key."""
-    state, _ = read_state(resolve_weights(path, "modality.classifier"), "modality.classifier")
-    classifier = DigitsClassifier()
-    check_state(classifier.state_dict(), state, "modality.classifier", path, "digits classifier")
-    classifier.load_state_dict(state)
-    return classifier.eval().requires_grad_(False)
+    return load_frozen(DigitsClassifier(), path, "modality.classifier", "digits classifier")
 
 
 @dataclass

@@ -16,7 +16,7 @@ from potstill.backbones.video_classifier import VideoClassifier
 from potstill.core.config import ConfigError, from_dict
 from potstill.core.modality import Modality
 from potstill.core.registry import MODALITIES
-from potstill.core.weights import check_state, read_state, resolve_weights
+from potstill.core.weights import load_frozen
 from potstill.data.moving_digits import MovingDigitsOptions, moving_digit_clips
 from potstill.modalities.frechet import frechet_distance, gaussian_stats
 from potstill.modalities.image import is_labels
@@ -58,11 +58,7 @@ def law_of(teacher) -> MovingDigitsOptions | None:
 
 def load_video_classifier(path: str) -> VideoClassifier:
     """The scoring classifier from `modality.classifier`; every error names that key."""
-    state, _ = read_state(resolve_weights(path, "modality.classifier"), "modality.classifier")
-    classifier = VideoClassifier()
-    check_state(classifier.state_dict(), state, "modality.classifier", path, "video classifier")
-    classifier.load_state_dict(state)
-    return classifier.eval().requires_grad_(False)
+    return load_frozen(VideoClassifier(), path, "modality.classifier", "video classifier")
 
 
 def save_strip(samples: torch.Tensor, path: Path) -> None:

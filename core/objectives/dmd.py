@@ -11,10 +11,9 @@ from typing import Literal
 
 import torch
 
-from potstill.core import parallel
 from potstill.core.denoiser import Denoiser
 from potstill.core.objectives.dmd2 import DMD2, DMD2Options
-from potstill.core.ode_pairs import PairSettings, load_or_make
+from potstill.core.ode_pairs import PairSettings, load_or_make, next_rows
 from potstill.core.registry import OBJECTIVES
 from potstill.core.samplers import default_solver
 from potstill.core.tensors import sample_mean
@@ -63,8 +62,7 @@ class DMD(DMD2):
         """lambda_reg * mean d(G(z_ref), y_ref) over the next `batch` cached pairs, cycling through them."""
         if self.pairs is None:
             self.pairs = self.load_pairs(teacher, device)
-        index = parallel.draw_local(lambda n: (torch.arange(n) + int(self.cursor)) % self.options.pairs, batch)
-        self.cursor.fill_((int(self.cursor) + batch * parallel.PLACE.world_size) % self.options.pairs)
+        index = next_rows(self.cursor, self.options.pairs, batch)
         cond = self.pairs["cond"][index].to(device) if "cond" in self.pairs else None
         out = self._generator[0](self.pairs["noise"][index].to(device), cond).float()
         distance = regression_distance(out, self.pairs["target"][index].to(device), self.options.regression_distance,

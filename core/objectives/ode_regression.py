@@ -14,7 +14,7 @@ from einops import repeat
 
 from potstill.core import parallel
 from potstill.core.objectives.base import Objective
-from potstill.core.ode_pairs import PairSettings, load_or_make
+from potstill.core.ode_pairs import PairSettings, load_or_make, next_rows
 from potstill.core.registry import OBJECTIVES
 from potstill.core.rollout import draw_chunk_steps
 from potstill.core.samplers import Solver
@@ -59,8 +59,7 @@ class ODERegression(Objective):
             o = self.options
             self.pairs = load_or_make(teacher, self._modality[0], self.pair_settings(generator), device, o.pairs_file,
                                       o.pairs_dir, o.pair_batch)
-        index = parallel.draw_local(lambda n: (torch.arange(n) + int(self.cursor)) % self.options.pairs, batch)
-        self.cursor.fill_((int(self.cursor) + batch * parallel.PLACE.world_size) % self.options.pairs)
+        index = next_rows(self.cursor, self.options.pairs, batch)
         return {k: v[index].to(device) for k, v in self.pairs.items()}
 
     def inputs(self, generator, states: torch.Tensor, endpoint: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
