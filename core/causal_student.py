@@ -9,7 +9,7 @@ from potstill.core.causal import CachePolicy
 from potstill.core.from_teacher import copy_teacher
 from potstill.core.init_from import load_init_weights
 from potstill.core.registry import GENERATORS
-from potstill.core.rollout import CausalRolloutGenerator, Recipe
+from potstill.core.rollout import CausalRolloutGenerator, Inputs, Recipe
 
 
 @dataclass
@@ -21,7 +21,8 @@ class CausalRolloutOptions:
     clip length, for modes none and segment).
     `init_from`: a run directory whose EMA student these weights start from (e.g. an ODE initialisation).
     `recipe`: how training inputs are made, `self_forcing` (a rollout with the real cache) or
-    `diffusion_forcing` (CausVid: the student's own clip noised per chunk; `clean_chunks` adds t = 0)."""
+    `diffusion_forcing` (CausVid: a clip noised per chunk; `clean_chunks` adds t = 0). `inputs`: that clip is
+    the student's own (`own`, backward simulation) or a real one from `real_data` (`real`, CausVid's config)."""
 
     times: list[float] = field(default_factory=lambda: [1.0, 0.75, 0.5, 0.25])
     chunk_frames: int = 2
@@ -31,6 +32,7 @@ class CausalRolloutOptions:
     init_from: str | None = None
     recipe: Recipe = "self_forcing"
     clean_chunks: bool = True
+    inputs: Inputs = "own"
 
 
 @GENERATORS.register("causal_rollout", CausalRolloutOptions)
@@ -46,7 +48,7 @@ def build_causal_rollout(options: CausalRolloutOptions, context) -> CausalRollou
         policy = replace(policy, max_frames=context.teacher.sample_shape[1])
     generator = CausalRolloutGenerator(student, options.times, options.chunk_frames, policy,
                                        options.context_noise, options.grad_frames, options.recipe,
-                                       options.clean_chunks)
+                                       options.clean_chunks, options.inputs)
     if options.init_from:
         load_init_weights(generator, options.init_from)
     return generator

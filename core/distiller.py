@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import json
 import random
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from potstill.core import checkpoint as ckpt
 from potstill.core import parallel
@@ -22,13 +20,12 @@ from potstill.core.config import RunConfig, to_dict
 from potstill.core.config_changes import write_config_file
 from potstill.core.denoiser import Denoiser
 from potstill.core.ema import EMA
-from potstill.core.engine import Engine, NonFiniteError, Part, Trainable, first_nonfinite
+from potstill.core.engine import Engine, NonFiniteError, Part, Trainable
 from potstill.core.evaluation import evaluate_generator, evaluate_teacher
 from potstill.core.generator import Generator
 from potstill.core.modality import Modality
-from potstill.core.preemption import Preempted, StopRequests
-from potstill.core.run_log import RunLog
 from potstill.core.samplers import default_solver
+from potstill.core.step_loop import RunningMean, StepLoop, refuse_nonfinite
 from potstill.core.tensors import to_device
 
 
@@ -80,34 +77,8 @@ def has_parameters(module: nn.Module | None) -> bool:
     return module is not None and any(p.requires_grad for p in module.parameters())
 
 
-class RunningMean:
-    """Scalars averaged over the times each was added: a step's micro-batches, or the steps since the last log
-    line (the generator's losses appear only every `generator_every` steps and are averaged over those)."""
-
-    def __init__(self) -> None:
-        self.sums: dict[str, float] = {}
-        self.counts: dict[str, int] = {}
-
-    def add(self, metrics: dict[str, float]) -> None:
-        for key, value in metrics.items():
-            self.sums[key] = self.sums.get(key, 0.0) + value
-            self.counts[key] = self.counts.get(key, 0) + 1
-
-    def mean(self) -> dict[str, float]:
-        return {key: value / self.counts[key] for key, value in self.sums.items()}
-
-
 GRAD_NORM_KEYS = {"generator": "g_grad_norm", "fake_score": "fake_grad_norm", "discriminator": "d_grad_norm",
                   "critic": "critic_grad_norm"}
-
-
-PROGRESS_SKIPS = ("grad_norm", "data_", "sec_per_step")
-
-
-def progress_summary(metrics: dict[str, float], width: int = 4) -> dict[str, str]:
-    """The first few losses of a log line for the progress bar (grad norms and data counters left out)."""
-    losses = [(k, v) for k, v in metrics.items() if not any(skip in k for skip in PROGRESS_SKIPS)]
-    return {k: f"{v:.3g}" for k, v in losses[:width]}
 
 
 def enable_activation_checkpointing(modules: list[nn.Module]) -> None:
@@ -120,9 +91,11 @@ def enable_activation_checkpointing(modules: list[nn.Module]) -> None:
         sub.activation_checkpointing = True
 
 
-class Distiller:
+class Distiller(StepLoop):
     """One run: components built from `config`, trained by `train()`, checkpointed under `run_dir`. With
     `with_real_data=False` (sampling and evaluating a finished run) the real-data stream is not opened."""
+
+    loop_name = "distill"
 
     def __init__(self, config: RunConfig, run_dir: Path | None = None, with_real_data: bool = True) -> None:
         self.config = config
@@ -181,6 +154,9 @@ class Distiller:
         if self.adversary is not None and not self.objective.samples_generator:
             raise ValueError(f"adversary: objective {kind!r} feeds the generator its own inputs and draws no samples "
                              "for a discriminator; remove the adversary section")
+        if self.generator.trains_on_real and with_real_data and self.real_data is None:
+            raise ValueError("real_data: the generator trains on real samples (generator.inputs: real); set "
+                             "real_data.kind")
         wants_real = self.adversary is not None or self.objective.needs_real_data
         if wants_real and with_real_data and self.real_data is None:
             raise ValueError(f"real_data: the adversary or objective {kind!r} needs real samples; set real_data.kind")
@@ -218,6 +194,11 @@ class Distiller:
         """This rank's rows of a global draw of training inputs."""
         return parallel.draw_local(self.draw_inputs, n)
 
+    def training_inputs(self, n: int) -> tuple[torch.Tensor, object]:
+        """This rank's generator inputs for a training step: noise and conditions, or real samples and theirs
+        for a generator that trains on real data (CausVid's noised real clips)."""
+        return self.next_real(n) if self.generator.trains_on_real else self.draw_local_inputs(n)
+
     def next_real(self, n: int):
         """This rank's rows of the next global batch of real samples, on the device (a stream that splits its
         data by rank reads this rank's rows itself)."""
@@ -245,7 +226,7 @@ class Distiller:
 
     def _critic_micro_batch(self, train_fake: bool, use_d: bool) -> dict[str, float]:
         with torch.no_grad(), self.engine.autocast():
-            noise, cond = self.draw_local_inputs(self.micro_batch)
+            noise, cond = self.training_inputs(self.micro_batch)
             x = self.generator(noise, cond).float()
         if self.engine.max_over_ranks(int(not torch.isfinite(x).all())):
             raise NonFiniteError(f"generator: its samples are not finite at step {self.step}, before the critic "
@@ -285,7 +266,7 @@ class Distiller:
 
     def _generator_micro_batch(self) -> dict[str, float]:
         with self.engine.autocast():
-            noise, cond = self.draw_local_inputs(self.micro_batch)
+            noise, cond = self.training_inputs(self.micro_batch)
             loss, metrics, x = self.objective.generator_step(self.generator, noise, cond, self.teacher,
                                                              self.fake_score, self.adversary)
             if self.adversary is not None:
@@ -307,38 +288,12 @@ class Distiller:
         self.step += 1
         return generator | {k: v for k, v in critic.items() if k not in generator}
 
-    def train(self, steps: int | None = None) -> None:
-        """Run until `train.steps` (or `steps` more iterations), logging and checkpointing on the way. A SIGTERM
-        or SIGINT stops it at the next step boundary with a checkpoint (raising `Preempted`)."""
-        train = self.config.train
-        end = train.steps if steps is None else min(train.steps, self.step + steps)
-        log = RunLog(self.run_dir / "logs", self.step) if self.run_dir and self.engine.is_main else None
-        bar = tqdm(total=end, initial=self.step, disable=not (train.progress and self.engine.is_main), desc="distill",
-                   dynamic_ncols=True)
-        start, first, window = time.perf_counter(), self.step, RunningMean()
-        try:
-            with StopRequests() as stop:
-                while self.step < end:
-                    window.add(self.train_step())
-                    bar.update(1)
-                    if self.run_dir and (self.step % train.log_every == 0 or self.step == end):
-                        metrics = self.engine.reduce_metrics(window.mean()) | self.data_metrics()
-                        metrics["sec_per_step"] = (time.perf_counter() - start) / (self.step - first)
-                        window = RunningMean()
-                        if log:
-                            log.write(self.step, metrics)
-                        bar.set_postfix(progress_summary(metrics))
-                    if self.run_dir and train.sample_every and self.step % train.sample_every == 0:
-                        self.save_samples()
-                    if self.run_dir and train.checkpoint_every and self.step % train.checkpoint_every == 0:
-                        self.save()
-                    signum = self.engine.max_over_ranks(stop.signum)
-                    if signum:
-                        raise Preempted(signum, self.step, self.save() if self.run_dir else None)
-        finally:
-            bar.close()
-            if log:
-                log.close()
+    def loop_metrics(self, window: dict[str, float]) -> dict[str, float]:
+        return self.engine.reduce_metrics(window) | self.data_metrics()
+
+    def after_step(self) -> None:
+        if self.run_dir and self.config.train.sample_every and self.step % self.config.train.sample_every == 0:
+            self.save_samples()
 
     # ---- run directory ------------------------------------------------------------------------
 
@@ -364,7 +319,7 @@ class Distiller:
         if self.engine.broadcast(self.engine.is_main and ckpt.checkpoint_problem(final) is None):
             return final
         weights = {name: self.engine.full_state_dict(module) for name, module in self._saved_modules()}
-        self._refuse_nonfinite(weights)
+        refuse_nonfinite(weights, self.step, self.engine)
         staging = ckpt.staging_folder(folder, self.step)
         if self.engine.is_main:
             ckpt.clear_folder(staging)
@@ -379,14 +334,6 @@ class Distiller:
             ckpt.commit_checkpoint(folder, staging, final, self.config.train.keep_checkpoints)
         self.engine.barrier()
         return final
-
-    def _refuse_nonfinite(self, weights: dict[str, dict[str, torch.Tensor]]) -> None:
-        bad = next((f"{name}.{key}" for name, tensors in weights.items()
-                    if (key := first_nonfinite(list(tensors.items()))) is not None), None)
-        bad = self.engine.broadcast(bad)
-        if bad is not None:
-            raise NonFiniteError(f"{bad} is not finite at step {self.step}; the checkpoint was not written, so a "
-                                 "poisoned model never becomes the run's latest")
 
     def load(self, checkpoint: Path, training_state: bool = True, verified: bool = False) -> None:
         """Load weights (and, for resuming, optimizer, RNG, data and step state) from a checkpoint, after

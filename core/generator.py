@@ -15,9 +15,12 @@ from potstill.core.denoiser import Denoiser
 
 class Generator(nn.Module):
     """Base class: `forward` is the training-time output (with grad), `sample` the inference output.
-    `chunk_frames` is set by students that generate video chunk by chunk (None: the whole sample at once)."""
+    `chunk_frames` is set by students that generate video chunk by chunk (None: the whole sample at once).
+    `trains_on_real`: `forward` takes real samples and their conditions (CausVid's noised real clips) in
+    training instead of noise; `sample` always starts from noise."""
 
     chunk_frames: int | None = None
+    trains_on_real: bool = False
 
     def forward(self, noise: torch.Tensor, cond=None) -> torch.Tensor:
         raise NotImplementedError

@@ -7,9 +7,10 @@ Training (`forward`) is one of two recipes:
   global RNG is), the steps before it run without grad, only the exit step carries grad, and the cache refresh
   runs without grad, so no gradient crosses the cache or an earlier chunk; with `grad_frames`, only the chunks
   holding the last `grad_frames` frames carry grad at all.
-- `diffusion_forcing`: CausVid's. A clip made by the student's own sampler without grad (backward simulation)
-  is noised per chunk to a step drawn from the step list plus 0 (a clean chunk), and the whole clip is
-  denoised in one pass through the block-causal mask, with grad."""
+- `diffusion_forcing`: CausVid's. A clip, either real (`inputs: real`, as CausVid's shipped DMD config
+  reads real video latents) or made by the student's own sampler without grad (`inputs: own`, backward
+  simulation), is noised per chunk to a step drawn from the step list plus 0 (a clean chunk), and the whole
+  clip is denoised in one pass through the block-causal mask, with grad."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from potstill.core.denoiser import Denoiser
 from potstill.core.generator import Generator
 
 Recipe = Literal["self_forcing", "diffusion_forcing"]
+Inputs = Literal["own", "real"]
 
 
 def draw_chunk_steps(batch: int, frames: int, chunk_frames: int, steps: int, clean: bool,
@@ -42,8 +44,11 @@ class CausalRolloutGenerator(Generator):
 
     def __init__(self, denoiser: Denoiser, times: list[float], chunk_frames: int, policy: CachePolicy,
                  context_noise: float = 0.0, grad_frames: int | None = None, recipe: Recipe = "self_forcing",
-                 clean_chunks: bool = True) -> None:
+                 clean_chunks: bool = True, inputs: Inputs = "own") -> None:
         super().__init__()
+        if inputs == "real" and recipe != "diffusion_forcing":
+            raise ValueError("generator.inputs: real clips are noised per chunk only by recipe diffusion_forcing; "
+                             f"recipe {recipe} rolls out from noise, so set generator.inputs: own")
         if not times or any(a <= b for a, b in itertools.pairwise(times)):
             raise ValueError(f"generator.times: must be a non-empty decreasing list, got {times}")
         if grad_frames is not None and grad_frames % chunk_frames:
@@ -57,6 +62,7 @@ class CausalRolloutGenerator(Generator):
         self.grad_frames = grad_frames
         self.recipe = recipe
         self.clean_chunks = clean_chunks
+        self.trains_on_real = inputs == "real"
         backbone = denoiser.backbone
         backbone.causal, backbone.chunk_frames = True, chunk_frames
         backbone.window_frames, backbone.sink_frames = policy.window_frames, policy.sink_frames
@@ -125,6 +131,7 @@ class CausalRolloutGenerator(Generator):
             yield x0
 
     def forward(self, noise: torch.Tensor, cond=None) -> torch.Tensor:
+        """A training output with grad; `noise` is a clean real clip instead when `trains_on_real`."""
         if self.recipe == "diffusion_forcing":
             return self.diffusion_forcing(noise, cond)
         exit_step = int(torch.randint(len(self.times), ())) if len(self.times) > 1 else 0
@@ -134,12 +141,16 @@ class CausalRolloutGenerator(Generator):
         """Per-frame times of per-frame step indices; index len(times) is t = 0 (a clean chunk)."""
         return torch.cat([self.times, self.times.new_zeros(1)]).to(k.device)[k]
 
-    def diffusion_forcing(self, noise: torch.Tensor, cond) -> torch.Tensor:
-        """The student's own clip (no grad), noised per chunk to a drawn step, denoised in one masked pass."""
-        with torch.no_grad():
-            source = self.sample(noise, cond)
-        k = draw_chunk_steps(noise.shape[0], noise.shape[2], self.chunk_frames, len(self.times), self.clean_chunks,
-                             noise.device)
+    def diffusion_forcing(self, inputs: torch.Tensor, cond) -> torch.Tensor:
+        """A real clip (`trains_on_real`) or the student's own clip from noise (no grad), noised per chunk to a
+        drawn step, denoised in one masked pass."""
+        if self.trains_on_real:
+            source = inputs
+        else:
+            with torch.no_grad():
+                source = self.sample(inputs, cond)
+        k = draw_chunk_steps(source.shape[0], source.shape[2], self.chunk_frames, len(self.times),
+                             self.clean_chunks, source.device)
         t = self.chunk_times(k).to(source)
         return self.denoise(self.denoiser.schedule.add_noise(source, parallel.randn_like(source), t), t, cond)
 

@@ -4,23 +4,20 @@ resumed exactly like a distillation run, and written as `DIR/teacher.safetensors
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from potstill.core import checkpoint as ckpt
 from potstill.core import registry as reg
 from potstill.core.config import TrainConfig, read_yaml, to_dict
 from potstill.core.config_changes import check_resume_changes, record_changes, write_config_file
 from potstill.core.denoiser import Denoiser
-from potstill.core.distiller import RunningMean, progress_summary, rng_state, seed_everything, set_rng_state
+from potstill.core.distiller import rng_state, seed_everything, set_rng_state
 from potstill.core.ema import EMA
-from potstill.core.engine import Engine, NonFiniteError, Part, PlainEngine, PlainOptions, first_nonfinite
-from potstill.core.preemption import Preempted, StopRequests
-from potstill.core.run_log import RunLog
+from potstill.core.engine import Engine, NonFiniteError, Part, PlainEngine, PlainOptions
+from potstill.core.step_loop import StepLoop, refuse_nonfinite
 from potstill.core.teacher_config import TeacherRunConfig
 from potstill.core.teacher_file import TEACHER_FILE, write_teacher_file
 from potstill.core.tensors import per_sample, to_device
@@ -53,9 +50,11 @@ def sized_to_data(options, real_data):
     return replace(options, input_size=int(sample.shape[-1]))
 
 
-class TeacherTrainer:
+class TeacherTrainer(StepLoop):
     """One teacher run: backbone, schedule and data built from `config`, trained by `train()`, checkpointed under
     `run_dir/checkpoints` (backbone and EMA as safetensors; optimizer, RNG, data stream and step in state.pt)."""
+
+    loop_name = "train-teacher"
 
     def __init__(self, config: TeacherRunConfig, run_dir: Path) -> None:
         self.config, self.run_dir = config, Path(run_dir)
@@ -114,32 +113,8 @@ class TeacherTrainer:
         self.step += 1
         return {"loss": loss.item(), "lr": lr, "grad_norm": norms["backbone"]}
 
-    def train(self, steps: int | None = None) -> None:
-        """Run until `train.steps` (or `steps` more), logging and checkpointing; a SIGTERM or SIGINT stops it at the
-        next step boundary with a checkpoint (raising `Preempted`)."""
-        t = self.config.train
-        end = t.steps if steps is None else min(t.steps, self.step + steps)
-        log = RunLog(self.run_dir / "logs", self.step)
-        bar = tqdm(total=end, initial=self.step, disable=not t.progress, desc="train-teacher", dynamic_ncols=True)
-        start, first, window = time.perf_counter(), self.step, RunningMean()
-        try:
-            with StopRequests() as stop:
-                while self.step < end:
-                    window.add(self.train_step())
-                    bar.update(1)
-                    if self.step % t.log_every == 0 or self.step == end:
-                        metrics = window.mean() | self.real_data.metrics()
-                        metrics["sec_per_step"] = (time.perf_counter() - start) / (self.step - first)
-                        window = RunningMean()
-                        log.write(self.step, metrics)
-                        bar.set_postfix(progress_summary(metrics))
-                    if t.checkpoint_every and self.step % t.checkpoint_every == 0:
-                        self.save()
-                    if stop.signum:
-                        raise Preempted(stop.signum, self.step, self.save())
-        finally:
-            bar.close()
-            log.close()
+    def loop_metrics(self, window: dict[str, float]) -> dict[str, float]:
+        return window | self.real_data.metrics()
 
     def save(self) -> Path:
         """A verified checkpoint of this step (kept when one is already in place); never of a non-finite model."""
@@ -149,10 +124,7 @@ class TeacherTrainer:
             return final
         weights = {"backbone": self.engine.full_state_dict(self.model.backbone),
                    "backbone_ema": self.engine.full_state_dict(self.ema.model.backbone)}
-        bad = next((f"{name}.{key}" for name, tensors in weights.items()
-                    if (key := first_nonfinite(list(tensors.items()))) is not None), None)
-        if bad is not None:
-            raise NonFiniteError(f"{bad} is not finite at step {self.step}; the checkpoint was not written")
+        refuse_nonfinite(weights, self.step, self.engine)
         state = {"step": self.step, "optimizers": self.engine.save_training_state(folder, [self.trainable]),
                  "rng": rng_state(), "real_data": self.real_data.state_dict(),
                  "sample_shape": list(self.model.sample_shape)}

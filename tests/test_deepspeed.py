@@ -17,6 +17,7 @@ import torch
 from potstill.core.config import load_config
 from potstill.runs import distill, open_run
 from tests_support import CONFIGS, ROOT, logged_losses
+from video_fixtures import VIDEO, train_tiny_teacher
 
 DIGITS = CONFIGS / "image" / "digits_dmd2_deepspeed.yaml"
 MIXTURE = CONFIGS / "vector" / "gmm_dmd2_deepspeed.yaml"
@@ -115,6 +116,18 @@ def test_two_ranks_distill_digits_as_one_process(digits_two_ranks, tmp_path):
     assert teacher["ranks"] == 2 and teacher["main_rank_holds"] == pytest.approx(teacher["total"] / 2, rel=0.01)
     assert_same_losses(logged_losses(digits_two_ranks), plain_losses(DIGITS, [*DIGITS_RUN, *IN_MEMORY],
                                                                       tmp_path / "one"))
+
+
+def test_two_ranks_roll_out_the_causal_student_as_one_process(tmp_path):
+    """Self-Forcing's KV-cached rollout (exit step drawn once for all ranks) on ZeRO-3 with a sharded teacher
+    logs the losses of one process with the same global batch."""
+    teacher = train_tiny_teacher(tmp_path / "teacher")
+    config = VIDEO / "moving_digits_self_forcing.yaml"
+    run = [*QUICK, f"teacher.checkpoint={teacher}", "train.steps=4", "train.batch_size=4", "train.generator_every=2",
+           "train.checkpoint_every=0", "eval.n_samples=4", "eval.batch_size=4"]
+    two = [*run, "engine.kind=deepspeed", "engine.zero_stage=3", "teacher.shard=true"]
+    run_launch(distill_command(config, tmp_path / "two", two), ROOT)
+    assert_same_losses(logged_losses(tmp_path / "two"), plain_losses(config, two, tmp_path / "one"))
 
 
 def test_ranks_stream_their_own_shards(digits_two_ranks_from_shards):

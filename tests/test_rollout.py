@@ -130,3 +130,30 @@ def test_long_videos_roll_or_restart_and_a_bounded_cache_refuses():
 def test_frames_must_fill_whole_chunks():
     with pytest.raises(ValueError, match=r"generator\.chunk_frames"):
         rollout().sample(torch.randn(1, 1, 5, 8, 8, dtype=torch.float64), torch.tensor([0]))
+
+
+@pytest.mark.parametrize("source", ["real", "own"])
+def test_diffusion_forcing_noises_its_clip_per_chunk_and_denoises_it_in_one_masked_pass(source):
+    """CausVid's recipe against a hand-made input: the real clip, or the student's own sample of the noise, noised
+    per chunk to a step of its list or t = 0, then one masked forward; its grad reaches every parameter."""
+    generator = CausalRolloutGenerator(copy.deepcopy(tiny_teacher()), TIMES, CHUNK, CachePolicy(),
+                                       recipe="diffusion_forcing", inputs=source)
+    given, cond = inputs()
+    torch.manual_seed(5)
+    out = generator(given, cond)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        clip = given if source == "real" else generator.sample(given, cond)
+    steps = torch.randint(len(TIMES) + 1, (2, FRAMES // CHUNK))
+    t = torch.cat([torch.tensor(TIMES), torch.zeros(1)]).double()[steps.repeat_interleave(CHUNK, dim=1)]
+    x_t = generator.denoiser.schedule.add_noise(clip, torch.randn_like(clip), t)
+    expected = generator.denoiser.x0(x_t, t, cond)
+    torch.testing.assert_close(out, expected, rtol=1e-9, atol=1e-9)
+    out.sum().backward()
+    assert all(p.grad is not None for p in generator.denoiser.parameters() if p.requires_grad)
+    assert generator.trains_on_real == (source == "real")
+
+
+def test_real_inputs_need_the_diffusion_forcing_recipe():
+    with pytest.raises(ValueError, match=r"generator\.inputs"):
+        CausalRolloutGenerator(copy.deepcopy(tiny_teacher()), TIMES, CHUNK, CachePolicy(), inputs="real")

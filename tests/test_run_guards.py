@@ -11,9 +11,10 @@ from torch import nn
 
 from potstill.core.config import OptimConfig, TrainConfig, load_config
 from potstill.core.config_changes import HISTORY_FOLDER, HISTORY_LOG
-from potstill.core.distiller import Distiller, RunningMean
+from potstill.core.distiller import Distiller
 from potstill.core.engine import NonFiniteError, Part, PlainEngine
 from potstill.core.run_log import read_log
+from potstill.core.step_loop import RunningMean
 from potstill.runs import distill
 from tests_support import CONFIGS, RING, make_config
 

@@ -6,23 +6,15 @@ import pytest
 import torch
 
 from potstill.cli import main
-from tests_support import CONFIGS
+from video_fixtures import VIDEO, train_tiny_teacher
 
-VIDEO = CONFIGS / "video"
-TINY_BACKBONE = ["backbone.hidden_size=32", "backbone.depth=2", "backbone.num_heads=2"]
 QUICK = ["train.steps=2", "train.batch_size=2", "train.log_every=1", "train.progress=false", "eval.n_samples=4",
          "eval.batch_size=4", "train.checkpoint_every=0"]
 
 
-def teacher(folder, extra=()):
-    main(["train-teacher", str(VIDEO / "moving_digits_teacher.yaml"), "--out", str(folder), "--set", *TINY_BACKBONE,
-          "real_data.frames=4", "train.steps=2", "train.batch_size=4", "train.progress=false", *extra])
-    return folder / "teacher.safetensors"
-
-
 @pytest.fixture(scope="module")
 def tiny_teacher(tmp_path_factory):
-    return teacher(tmp_path_factory.mktemp("teacher"))
+    return train_tiny_teacher(tmp_path_factory.mktemp("teacher"))
 
 
 def distill(name, out, teacher_file, *extra):
@@ -55,7 +47,7 @@ def test_every_video_config_runs_and_streams_past_its_training_length(tiny_teach
 
 
 def test_init_from_a_run_of_another_architecture_is_refused(tiny_teacher, tmp_path, capsys):
-    other = teacher(tmp_path / "wide", ["backbone.hidden_size=48"])
+    other = train_tiny_teacher(tmp_path / "wide", ["backbone.hidden_size=48"])
     run = distill("ode_init", tmp_path / "ode", other)
     with pytest.raises(SystemExit):
         distill("self_forcing", tmp_path / "sf", tiny_teacher, f"generator.init_from={run}")

@@ -1,12 +1,26 @@
-"""A tiny causal-capable video teacher the rollout and ODE-regression tests share."""
+"""A tiny causal-capable video teacher the rollout and ODE-regression tests share, and a tiny teacher file made by
+`potstill train-teacher` for the tests that run the video configs."""
+
+from pathlib import Path
 
 import torch
 
 from potstill.backbones.video_dit import VideoDiT, VideoDiTOptions
+from potstill.cli import main
 from potstill.core.denoiser import Denoiser
 from potstill.core.schedules import FlowSchedule
+from tests_support import CONFIGS
 
 FRAMES, CHUNK, TIMES = 6, 2, [1.0, 0.6, 0.3]
+VIDEO = CONFIGS / "video"
+TINY_BACKBONE = ["backbone.hidden_size=32", "backbone.depth=2", "backbone.num_heads=2"]
+
+
+def train_tiny_teacher(folder: Path, extra=()) -> Path:
+    """A 2-step moving-digits teacher of 4-frame clips from the shipped teacher config; its file's path."""
+    main(["train-teacher", str(VIDEO / "moving_digits_teacher.yaml"), "--out", str(folder), "--set", *TINY_BACKBONE,
+          "real_data.frames=4", "train.steps=2", "train.batch_size=4", "train.progress=false", *extra])
+    return folder / "teacher.safetensors"
 
 
 def tiny_teacher() -> Denoiser:
