@@ -23,7 +23,7 @@ def video_config(name: str) -> Path:
 
 
 def row(model: str, frames: int, metrics: dict) -> dict:
-    ranges = sorted(k for k in metrics if k.startswith("shift_residual_"))
+    ranges = sorted((k for k in metrics if k.startswith("shift_residual_")), key=lambda k: int(k.split("_")[2]))
     return {"model": model, "nfe": metrics["nfe"], "frames": frames,
             "residual_first": metrics[ranges[0]], "residual_last": metrics[ranges[-1]],
             "last_range": ranges[-1].removeprefix("shift_residual_").replace("_", "-"), **metrics}
@@ -31,11 +31,13 @@ def row(model: str, frames: int, metrics: dict) -> dict:
 
 def format_table(rows: list[dict]) -> str:
     lines = ["| model | NFE | frames | shift residual, frames 1-12 | shift residual, last 12 | velocity in set | "
-             "class recall (mean / min) | FVD-toy | ms per clip |", "|---|---|---|---|---|---|---|---|---|"]
+             "class recall (mean / min) | class kept, first to last 12 | FVD-toy | ms per clip |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        kept = f"{r['class_kept']:.3f}" if "class_kept" in r else "-"
         lines.append(f"| {r['model']} | {r['nfe']} | {r['frames']} | {r['residual_first']:.4f} | "
                      f"{r['residual_last']:.4f} ({r['last_range']}) | {r['velocity_in_set']:.3f} | "
-                     f"{r['class_recall_mean']:.3f} / {r['class_recall_min']:.3f} | {r['fvd_toy']:.3f} | "
+                     f"{r['class_recall_mean']:.3f} / {r['class_recall_min']:.3f} | {kept} | {r['fvd_toy']:.3f} | "
                      f"{r['ms_per_sample']:.1f} |")
     return "\n".join(lines)
 

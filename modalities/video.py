@@ -20,7 +20,7 @@ from potstill.core.weights import load_frozen
 from potstill.data.moving_digits import MovingDigitsOptions, moving_digit_clips
 from potstill.modalities.frechet import frechet_distance, gaussian_stats
 from potstill.modalities.image import is_labels
-from potstill.modalities.video_scores import class_recalls, law_scores, unit_frames
+from potstill.modalities.video_scores import RANGE_FRAMES, class_kept, class_recalls, law_scores, unit_frames
 
 MIN_SIDE = 64               # the mp4 upscales clips (nearest, by an integer factor) to at least this many pixels
 PAD_VALUE = 0.5             # grey lines between frames and clips (the background is black)
@@ -159,7 +159,7 @@ class VideoModality(Modality):
 
     def evaluate(self, samples, cond) -> dict[str, float]:
         """Law scores when the teacher's data were moving digits; `fvd_toy` (which needs that law for its real
-        clips) and class recall when a classifier is set."""
+        clips) and class recall when a classifier is set, and `class_kept` for clips longer than one range."""
         metrics = law_scores(samples, self.law.velocities) if self.law is not None else {}
         if self.classifier is None:
             return metrics
@@ -168,6 +168,9 @@ class VideoModality(Modality):
             metrics["fvd_toy"] = frechet_distance(*gaussian_stats(features), *self.reference_stats(samples.shape[2]))
         if is_labels(cond):
             metrics |= class_recalls(logits, cond, self.num_classes)
+        if samples.shape[2] > RANGE_FRAMES:
+            metrics |= class_kept(self.classify(samples[:, :, :RANGE_FRAMES])[0],
+                                  self.classify(samples[:, :, -RANGE_FRAMES:])[0])
         return metrics
 
     def headline_metric(self) -> str:

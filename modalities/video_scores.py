@@ -66,3 +66,9 @@ def class_recalls(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) 
     predicted = logits.argmax(1)
     recalls = [float((predicted[labels == c] == c).float().mean()) for c in range(num_classes) if (labels == c).any()]
     return {"class_recall_mean": sum(recalls) / len(recalls), "class_recall_min": min(recalls)}
+
+
+def class_kept(first_logits: torch.Tensor, last_logits: torch.Tensor) -> dict[str, float]:
+    """`class_kept`: the share of clips whose first and last RANGE_FRAMES frames the classifier gives one class
+    (the digit stays the same digit however long the clip streams; needs no labels)."""
+    return {"class_kept": float((first_logits.argmax(1) == last_logits.argmax(1)).float().mean())}
