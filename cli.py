@@ -43,7 +43,7 @@ def _sample(args) -> None:
     from potstill.sampling import SampleRequest, sample_run
 
     sample_run(SampleRequest(args.run, args.n, Path(args.out), args.seed, args.batch, args.device, args.label,
-                             args.frames, args.stream))
+                             args.frames, args.stream, args.steps))
 
 
 def _eval(args) -> None:
@@ -60,6 +60,11 @@ def _demo(args) -> None:
         from potstill.demo_video import run_video_demo
 
         run_video_demo(Path(args.out or "runs/demo_video"), steps=args.steps)
+        return
+    if args.which == "audio":
+        from potstill.demo_audio import run_audio_demo
+
+        run_audio_demo(Path(args.out or "runs/demo_audio"), steps=args.steps)
         return
     from potstill.demo import run_demo
 
@@ -106,13 +111,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run directory or checkpoint folder")
     p.add_argument("--n", type=positive, default=64)
     p.add_argument("--out", required=True, help="FILE.pt (tensor [N, ...] in the data range) or the modality's "
-                   "picture: FILE.png (image grid, 2-D density, video strip) or FILE.mp4 (video)")
+                   "view: FILE.png (image grid, 2-D density, video strip, spectrograms), FILE.mp4 (video), "
+                   "FILE.wav or DIR/ (audio: one wav per sample and a spectrogram grid)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=positive, default=1000)
     p.add_argument("--class", dest="label", type=int, default=None, help="draw every sample of this class")
     p.add_argument("--frames", type=positive, default=None, help="clip length (video runs; past the training "
                    "length the student streams with its rolling or segment cache)")
     p.add_argument("--stream", action="store_true", help="generate chunk by chunk, printing each chunk's latency")
+    p.add_argument("--steps", type=positive, default=None, help="sampling steps of a few-step student (ping-pong "
+                   "along evenly spaced times; default: the run's generator.times)")
     add_device_argument(p)
     p.set_defaults(func=_sample)
 
@@ -123,9 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("demo", help="image: distil the embedded digits teacher into a one-step student; video: "
-                       "distil the moving-digits teacher into a causal streaming student")
-    p.add_argument("which", nargs="?", choices=["image", "video"], default="image")
-    p.add_argument("--out", default=None, help="default runs/demo (image) or runs/demo_video (video)")
+                       "distil the moving-digits teacher into a causal streaming student; audio: ARC post-training "
+                       "of the tones teacher into a few-step student")
+    p.add_argument("which", nargs="?", choices=["image", "video", "audio"], default="image")
+    p.add_argument("--out", default=None, help="default runs/demo, runs/demo_video or runs/demo_audio")
     p.add_argument("--steps", type=positive, default=None, help="override the demo's number of steps")
     p.set_defaults(func=_demo)
 

@@ -9,8 +9,11 @@ from pathlib import Path
 import torch
 
 from potstill.core.config import read_yaml
+from potstill.core.modality import FOLDER
 from potstill.core.tensors import to_device
 from potstill.runs import find_run, open_run
+
+FOLDER_NAME = "a folder (DIR/)"
 
 
 @dataclass
@@ -24,6 +27,7 @@ class SampleRequest:
     label: int | None = None
     frames: int | None = None
     stream: bool = False
+    steps: int | None = None
 
 
 def frame_overrides(run: str, frames: int | None) -> list[str]:
@@ -69,10 +73,15 @@ def sample_run(request: SampleRequest) -> Path:
     distiller = open_run(request.run, request.device, frame_overrides(request.run, request.frames))
     out = request.out
     formats = tuple(dict.fromkeys((".pt", *distiller.modality.sample_formats)))
-    if out.suffix not in formats:
-        raise ValueError(f"--out {out}: this run's samples can be written as {', '.join(formats)}")
+    if (out.suffix or FOLDER) not in formats:
+        named = [FOLDER_NAME if f == FOLDER else f for f in formats]
+        raise ValueError(f"--out {out}: this run's samples can be written as {', '.join(named)}")
     generator = torch.Generator().manual_seed(request.seed)
     student = distiller.ema.model
+    if request.steps is not None:
+        if not hasattr(student, "use_steps"):
+            raise ValueError(f"--steps: this run's student ({type(student).__name__}) has no step count to change")
+        student.use_steps(request.steps)
     parts, conds = [], []
     for start in range(0, request.n, request.batch):
         noise, cond = distiller.draw_inputs(min(request.batch, request.n - start), generator)
@@ -81,6 +90,8 @@ def sample_run(request: SampleRequest) -> Path:
         parts.append(distiller.modality.to_data_range(x.float().cpu()))
         conds.append(to_device(cond, "cpu"))
     samples = torch.cat(parts)
+    if not torch.isfinite(samples).all():
+        raise ValueError(f"--out {out}: the student's samples hold NaN or Inf; nothing was written")
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".pt":
         torch.save(samples, out)

@@ -133,10 +133,12 @@ class VideoDiTBlock(nn.Module):
 
 
 class VideoFinalLayer(nn.Module):
-    def __init__(self, hidden: int, patch: int, out_channels: int) -> None:
+    """adaLN-modulated (per frame) norm and a linear map of each token to `out_features` values (its patch)."""
+
+    def __init__(self, hidden: int, out_features: int) -> None:
         super().__init__()
         self.norm_final = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
-        self.linear = nn.Linear(hidden, patch * patch * out_channels)
+        self.linear = nn.Linear(hidden, out_features)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2 * hidden))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -165,7 +167,7 @@ class VideoDiT(AdaLNZeroBackbone):
         self.text_embedder = nn.Linear(o.text_dim, o.hidden_size) if o.text_dim else None
         self.rope = Rope3D(o.hidden_size // o.num_heads, self.grid, o.rope_theta)
         self.blocks = nn.ModuleList(VideoDiTBlock(o.hidden_size, o.num_heads, o.mlp_ratio) for _ in range(o.depth))
-        self.final_layer = VideoFinalLayer(o.hidden_size, o.patch_size, o.in_channels)
+        self.final_layer = VideoFinalLayer(o.hidden_size, o.patch_size**2 * o.in_channels)
         self.causal = o.causal
         self.chunk_frames = o.chunk_frames
         self.window_frames: int | None = None    # the masked forward's window and sinks (set by the rollout)

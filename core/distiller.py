@@ -154,6 +154,9 @@ class Distiller(StepLoop):
         if self.adversary is not None and not self.objective.samples_generator:
             raise ValueError(f"adversary: objective {kind!r} feeds the generator its own inputs and draws no samples "
                              "for a discriminator; remove the adversary section")
+        if getattr(self.adversary, "pairs_real", False) and not self.generator.trains_on_real:
+            raise ValueError("adversary: this adversary pairs each generated sample with the real sample its "
+                             "generator input was made from (ARC); set generator.inputs: real")
         if self.generator.trains_on_real and with_real_data and self.real_data is None:
             raise ValueError("real_data: the generator trains on real samples (generator.inputs: real); set "
                              "real_data.kind")
@@ -199,6 +202,11 @@ class Distiller(StepLoop):
         for a generator that trains on real data (CausVid's noised real clips)."""
         return self.next_real(n) if self.generator.trains_on_real else self.draw_local_inputs(n)
 
+    def paired_real(self, inputs: torch.Tensor, cond) -> tuple[torch.Tensor, object] | None:
+        """The real samples (and conditions) a generator that trains on real data was fed, row for row with its
+        output, so critics and adversaries compare each generated sample with its own source; None otherwise."""
+        return (inputs, cond) if self.generator.trains_on_real else None
+
     def next_real(self, n: int):
         """This rank's rows of the next global batch of real samples, on the device (a stream that splits its
         data by rank reads this rank's rows itself)."""
@@ -234,7 +242,7 @@ class Distiller(StepLoop):
         metrics: dict[str, float] = {}
         loss = torch.zeros((), device=self.engine.device)
         needs_real = use_d or (train_fake and self.objective.needs_real_data)
-        real = self.next_real(self.micro_batch) if needs_real else None
+        real = self.paired_real(noise, cond) or (self.next_real(self.micro_batch) if needs_real else None)
         with self.engine.autocast():
             if train_fake:
                 fake_loss, m = self.objective.fake_score_loss(x, cond, self.fake_score, real)
@@ -270,7 +278,7 @@ class Distiller(StepLoop):
             loss, metrics, x = self.objective.generator_step(self.generator, noise, cond, self.teacher,
                                                              self.fake_score, self.adversary)
             if self.adversary is not None:
-                g_adv = self.adversary.generator_loss(x, cond)
+                g_adv = self.adversary.generator_loss(x, cond, self.paired_real(noise, cond))
                 loss = loss + self.adversary.options.generator_weight * g_adv
                 metrics["g_adv"] = g_adv.item()
         self.engine.backward(self.g_train, loss, "generator")

@@ -5,22 +5,28 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from typing import Literal
 
 from potstill.core.denoiser import Denoiser
-from potstill.core.generator import DenoiserGenerator
+from potstill.core.generator import DenoiserGenerator, NoisedRealGenerator
 from potstill.core.init_from import load_init_weights
 from potstill.core.registry import FAKE_SCORES, GENERATORS
+from potstill.core.time_draws import TimeOptions
 
 
 @dataclass
 class DenoiserGeneratorOptions:
     """`times` are the student's input noise levels in the teacher's t units, one per step
     (EDM: [80.0] for DMD2's one-step, [2.5] for SiD's sigma_init). `init_from`: a run directory whose EMA
-    student these weights start from (APT after an ODE initialisation), instead of the teacher's."""
+    student these weights start from (APT after an ODE initialisation), instead of the teacher's.
+    `inputs: real` trains on real samples noised to a time drawn by `gen_t` (ARC; needs `real_data`), positions
+    uniform in [0, 1) by default, `{t_low: 1, t_high: 1}` for pure noise; sampling still starts from noise."""
 
     times: list[float] = field(default_factory=lambda: [80.0])
     guidance: float = 1.0
     init_from: str | None = None
+    inputs: Literal["noise", "real"] = "noise"
+    gen_t: TimeOptions = field(default_factory=lambda: TimeOptions(t_low=0.0, t_high=1.0, t_grid=0))
 
 
 def copy_teacher(teacher, key: str) -> Denoiser:
@@ -31,7 +37,11 @@ def copy_teacher(teacher, key: str) -> Denoiser:
 
 @GENERATORS.register("denoiser", DenoiserGeneratorOptions)
 def build_denoiser_generator(options: DenoiserGeneratorOptions, context) -> DenoiserGenerator:
-    generator = DenoiserGenerator(copy_teacher(context.teacher, "generator.kind"), options.times, options.guidance)
+    denoiser = copy_teacher(context.teacher, "generator.kind")
+    if options.inputs == "real":
+        generator = NoisedRealGenerator(denoiser, options.times, options.gen_t, options.guidance)
+    else:
+        generator = DenoiserGenerator(denoiser, options.times, options.guidance)
     if options.init_from:
         load_init_weights(generator, options.init_from)
     return generator

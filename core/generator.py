@@ -1,6 +1,7 @@
 """The student. A Generator maps (noise, condition) to samples that carry gradients back to its
 parameters; `DenoiserGenerator` is the one-step or few-step student built from a Denoiser, with
-DMD2's backward simulation for few-step training (reference §1)."""
+DMD2's backward simulation for few-step training (reference §1); `NoisedRealGenerator` is ARC's student, which
+trains on real samples noised to a drawn time and samples like it."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from torch import nn
 
 from potstill.core import parallel
 from potstill.core.denoiser import Denoiser
+from potstill.core.samplers import solve
+from potstill.core.time_draws import TimeOptions, draw_times
 
 
 class Generator(nn.Module):
@@ -51,6 +54,12 @@ class DenoiserGenerator(Generator):
     def nfe(self) -> int:
         return len(self.times)
 
+    def use_steps(self, steps: int) -> None:
+        """Sample in `steps` ping-pong steps at evenly spaced positions 1, (k-1)/k, ..., 1/k of the schedule (ARC's
+        linear grid; `potstill sample --steps`)."""
+        position = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)[:-1]
+        self.times = self.denoiser.schedule.t_at(position).float().to(self.times.device)
+
     def denoise(self, x_t: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
         """The student's x0 at given noisy inputs and times, in one pass (ODE regression trains this)."""
         return self.denoiser.x0(x_t, t, cond, self.guidance)
@@ -66,10 +75,9 @@ class DenoiserGenerator(Generator):
         return self.denoiser.schedule.sigma(self.times[0]) * noise
 
     def sample(self, noise: torch.Tensor, cond=None) -> torch.Tensor:
-        x0 = self._step(self._start(noise), 0, cond)
-        for k in range(1, len(self.times)):
-            x0 = self._step(self._renoise(x0, k), k, cond)
-        return x0
+        """Ping-pong sampling along the student's times: denoise, re-noise with fresh noise, denoise again."""
+        times = torch.cat([self.times, self.times.new_zeros(1)])
+        return solve(self.denoiser, noise, times, cond, "pingpong", self.guidance)[0]
 
     def forward(self, noise: torch.Tensor, cond=None) -> torch.Tensor:
         last = int(torch.randint(len(self.times), ())) if len(self.times) > 1 else 0
@@ -81,3 +89,20 @@ class DenoiserGenerator(Generator):
                     x0 = self._step(self._renoise(x0, k), k, cond)
                 x_t = self._renoise(x0, last)
         return self._step(x_t, last, cond)
+
+
+class NoisedRealGenerator(DenoiserGenerator):
+    """ARC's student (Novack et al. 2025): in training, a real sample x noised to t drawn by `gen_t`,
+    x_t = alpha(t) x + sigma(t) eps (flow: (1 - t) x + t eps), gives x0 = D(x_t, t), the sample the relativistic
+    discriminator compares with x itself. At inference it starts from noise and ping-pongs along `times`."""
+
+    trains_on_real = True
+
+    def __init__(self, denoiser: Denoiser, times: list[float], gen_t: TimeOptions, guidance: float = 1.0) -> None:
+        super().__init__(denoiser, times, guidance)
+        self.gen_t = gen_t
+
+    def forward(self, real: torch.Tensor, cond=None) -> torch.Tensor:
+        schedule = self.denoiser.schedule
+        t = draw_times(self.gen_t, schedule, real.shape[0]).to(real)
+        return self.denoise(schedule.add_noise(real, parallel.randn_like(real), t), t, cond)

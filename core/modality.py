@@ -8,6 +8,15 @@ from pathlib import Path
 
 import torch
 
+FOLDER = "/"        # a `sample_formats` entry: `save_samples` to a path without suffix writes a folder
+
+
+def noise_and_labels(n: int, sample_shape: tuple[int, ...], num_classes: int,
+                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Standard normal noise [n, *sample_shape] and class labels drawn uniformly (None when unconditional)."""
+    noise = torch.randn(n, *sample_shape, generator=generator)
+    return noise, (torch.randint(num_classes, (n,), generator=generator) if num_classes else None)
+
 
 class Modality(ABC):
     sample_shape: tuple[int, ...]

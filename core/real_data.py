@@ -4,6 +4,7 @@ demand, a state that resumes the stream exactly, and counters for the run's log.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -37,3 +38,21 @@ class RealData(ABC):
     def report(self) -> dict:
         """A summary for `report.json`."""
         return {}
+
+
+class SeededStream(RealData):
+    """Endless samples `draw(n, generator)` from one seeded torch generator, whose state alone resumes the stream
+    exactly (the synthetic laws: moving digits, tones)."""
+
+    def __init__(self, draw: Callable[[int, torch.Generator], tuple[torch.Tensor, Any]], seed: int) -> None:
+        self.draw = draw
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def next(self, n: int) -> tuple[torch.Tensor, Any]:
+        return self.draw(n, self.generator)
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])

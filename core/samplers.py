@@ -1,5 +1,6 @@
 """Teacher samplers at any number of function evaluations (NFE): Euler and Heun on the
-probability-flow ODE dx/dt = alpha' x0 + sigma' eps (EDM's sampler when alpha = 1), and DDIM.
+probability-flow ODE dx/dt = alpha' x0 + sigma' eps (EDM's sampler when alpha = 1), DDIM, and ping-pong
+(x0, then re-noised with fresh noise to the next time: the few-step students' sampler, ARC's `pingpong`).
 
 They give the teacher baselines a distilled student is compared against at NFE 1..100."""
 
@@ -10,10 +11,11 @@ from typing import Literal
 
 import torch
 
+from potstill.core import parallel
 from potstill.core.denoiser import Denoiser
 from potstill.core.tensors import per_sample
 
-Solver = Literal["euler", "heun", "ddim"]
+Solver = Literal["euler", "heun", "ddim", "pingpong"]
 
 
 def steps_for_nfe(nfe: int, solver: Solver) -> int:
@@ -67,6 +69,8 @@ def _step(denoiser: Denoiser, x: torch.Tensor, t: torch.Tensor, t_next: torch.Te
     x0 = denoiser.x0(x, t, cond, guidance)
     if t_next == 0:
         return x0
+    if solver == "pingpong":
+        return schedule.add_noise(x0, parallel.randn_like(x0), t_next.expand(x.shape[0]))
     eps = schedule.eps_from_x0(x, x0, t.expand(x.shape[0]))
     if solver == "ddim":
         return schedule.alpha(t_next) * x0 + schedule.sigma(t_next) * eps

@@ -24,6 +24,11 @@ class BadSample(ValueError):
         self.reason, self.detail = reason, detail
 
 
+class RefusedSample(ValueError):
+    """A sample the config says to stop at rather than skip (e.g. `short: error`); the stream raises it with the
+    shard and key named."""
+
+
 def media_fields(sample: dict) -> list[str]:
     return sorted(k for k in sample if not k.startswith("__"))
 

@@ -9,7 +9,7 @@ from typing import Literal
 import torch
 
 from potstill.core.config import ConfigError
-from potstill.core.real_data import RealData
+from potstill.core.real_data import SeededStream
 from potstill.core.registry import DATASETS
 from potstill.data.digits import load_digits_tensors
 
@@ -89,25 +89,13 @@ def moving_digit_clips(n: int, canvas: int, frames: int, velocities: list[list[i
     return clips[:, None], labels[pick]
 
 
-class MovingDigitsStream(RealData):
-    """Endless clips drawn from a seeded generator, whose state alone resumes the stream exactly."""
-
-    def __init__(self, options: MovingDigitsOptions) -> None:
-        self.options = options
-        self.generator = torch.Generator().manual_seed(options.seed)
-
-    def next(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        o = self.options
-        return moving_digit_clips(n, o.canvas, o.frames, o.velocities, self.generator, o.digits)
-
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
+def moving_digits_stream(options: MovingDigitsOptions) -> SeededStream:
+    """Endless clips of a resolved law, resumable exactly."""
+    o = options
+    return SeededStream(lambda n, g: moving_digit_clips(n, o.canvas, o.frames, o.velocities, g, o.digits), o.seed)
 
 
 @DATASETS.register("moving_digits", MovingDigitsOptions)
-def build_moving_digits(options: MovingDigitsOptions, context) -> MovingDigitsStream:
+def build_moving_digits(options: MovingDigitsOptions, context) -> SeededStream:
     law = (getattr(getattr(context, "teacher", None), "metadata", None) or {}).get("data") or {}
-    return MovingDigitsStream(options.resolved(law if law.get("kind") == "moving_digits" else None))
+    return moving_digits_stream(options.resolved(law if law.get("kind") == "moving_digits" else None))

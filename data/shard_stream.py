@@ -20,7 +20,7 @@ import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
 from potstill.data.bad_samples import BadEvent, ShardErrors
-from potstill.data.fields import BadSample
+from potstill.data.fields import BadSample, RefusedSample
 from potstill.data.sample_decoder import SampleDecoder, collate
 from potstill.data.shards import truncation
 
@@ -126,6 +126,8 @@ class ShardStream(IterableDataset):
                 except BadSample as bad:
                     events.append(BadEvent(sample["__url__"], sample["__key__"], bad.reason, bad.detail))
                     continue
+                except RefusedSample as refused:
+                    raise ValueError(f"{sample['__url__']}, sample {sample['__key__']!r}: {refused}") from None
                 except Exception as error:      # a decoder failing on bad bytes in its own way: skip it too
                     message = str(error).splitlines()[0][:200] if str(error) else ""
                     events.append(BadEvent(sample["__url__"], sample["__key__"], "undecodable",

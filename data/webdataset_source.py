@@ -52,8 +52,9 @@ def spatial_defaults(size, channels, sample_shape: tuple[int, ...] | None, key: 
     return as_hw(size, f"{key}.size"), channels
 
 
-def build_decoder(o: WebDatasetOptions, sample_shape: tuple[int, ...] | None = None) -> SampleDecoder:
-    """The per-sample decoder the options describe."""
+def build_decoder(o: WebDatasetOptions, sample_shape: tuple[int, ...] | None = None,
+                  sample_rate: int | None = None) -> SampleDecoder:
+    """The per-sample decoder the options describe (sizes, channels, lengths and rates default to the run's)."""
     if o.media == "image":
         size, channels = spatial_defaults(o.image.size, o.image.channels, sample_shape, "real_data.image")
         media, fields = ImageDecoder(o.image, size, channels), o.image.fields
@@ -61,7 +62,7 @@ def build_decoder(o: WebDatasetOptions, sample_shape: tuple[int, ...] | None = N
         size, channels = spatial_defaults(o.video.size, o.video.channels, sample_shape, "real_data.video")
         media, fields = VideoDecoder(o.video, size, channels), o.video.fields
     elif o.media == "audio":
-        media, fields = AudioDecoder(o.audio), o.audio.fields
+        media, fields = AudioDecoder(o.audio.for_samples(sample_shape, sample_rate)), o.audio.fields
     else:
         media, fields = TensorDecoder(o.tensor.tensor_name), o.tensor.fields
     condition_field = {"label": o.label_field, "caption": o.caption_field, "embedding": o.embedding_field}
@@ -70,7 +71,7 @@ def build_decoder(o: WebDatasetOptions, sample_shape: tuple[int, ...] | None = N
 
 def open_stream(o: WebDatasetOptions, batch_rows: int, seed: int, sample_shape: tuple[int, ...] | None = None,
                 encode_captions: CaptionEncoder | None = None, rank: int = 0, world_size: int = 1,
-                epochs: int | None = None) -> WebDatasetStream:
+                epochs: int | None = None, sample_rate: int | None = None) -> WebDatasetStream:
     """A stream of this rank's batches; `epochs=None` for training (endless), a number to read and stop."""
     if batch_rows < 1:
         raise ValueError(f"batch rows must be positive, got {batch_rows}")
@@ -78,7 +79,8 @@ def open_stream(o: WebDatasetOptions, batch_rows: int, seed: int, sample_shape: 
         raise ValueError(f"real_data.workers: must be 0 (read in the main process) or more, got {o.workers}")
     layout = StreamLayout(expand_shards(o.shards), seed, rank, world_size, o.shuffle_buffer, o.shuffle_shards,
                           o.resampled)
-    return WebDatasetStream(layout, build_decoder(o, sample_shape), batch_rows, o.workers, encode_captions, epochs)
+    return WebDatasetStream(layout, build_decoder(o, sample_shape, sample_rate), batch_rows, o.workers,
+                            encode_captions, epochs)
 
 
 @DATASETS.register("webdataset", WebDatasetOptions)
@@ -89,4 +91,5 @@ def build_webdataset_stream(options: WebDatasetOptions, context) -> WebDatasetSt
     if options.condition == "caption" and encoder is None:
         raise ValueError("real_data.condition: captions need a text encoder; set the run's text_encoder section")
     return open_stream(options, context.engine.micro_batch, seed, getattr(modality, "sample_shape", None), encoder,
-                       parallel.PLACE.rank, parallel.PLACE.world_size)
+                       parallel.PLACE.rank, parallel.PLACE.world_size,
+                       sample_rate=getattr(modality, "sample_rate", None))

@@ -14,7 +14,7 @@ from potstill.backbones.digits_classifier import DigitsClassifier
 from potstill.backbones.dit import PRESETS, DiT, DiTOptions
 from potstill.core.config import from_dict
 from potstill.core.denoiser import Denoiser, Prediction
-from potstill.core.modality import Modality
+from potstill.core.modality import Modality, noise_and_labels
 from potstill.core.registry import MODALITIES, TEACHERS
 from potstill.core.schedules import build_schedule
 from potstill.core.weights import check_state, load_frozen, read_state, resolve_weights
@@ -136,11 +136,10 @@ class ImageModality(Modality):
         self._reference = None
 
     def draw_inputs(self, n, generator=None):
+        if self.prompts is None:
+            return noise_and_labels(n, self.sample_shape, self.num_classes, generator)
         noise = torch.randn(n, *self.sample_shape, generator=generator)
-        if self.prompts is not None:
-            return noise, self.prompts[torch.randint(len(self.prompts), (n,), generator=generator)]
-        cond = torch.randint(self.num_classes, (n,), generator=generator) if self.num_classes else None
-        return noise, cond
+        return noise, self.prompts[torch.randint(len(self.prompts), (n,), generator=generator)]
 
     sample_formats = (".png",)
     data_range = (-1.0, 1.0)

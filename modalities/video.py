@@ -14,7 +14,7 @@ from torchvision.utils import make_grid, save_image
 
 from potstill.backbones.video_classifier import VideoClassifier
 from potstill.core.config import ConfigError, from_dict
-from potstill.core.modality import Modality
+from potstill.core.modality import Modality, noise_and_labels
 from potstill.core.registry import MODALITIES
 from potstill.core.weights import load_frozen
 from potstill.data.moving_digits import MovingDigitsOptions, moving_digit_clips
@@ -124,9 +124,7 @@ class VideoModality(Modality):
         self._reference: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def draw_inputs(self, n, generator=None):
-        noise = torch.randn(n, *self.sample_shape, generator=generator)
-        cond = torch.randint(self.num_classes, (n,), generator=generator) if self.num_classes else None
-        return noise, cond
+        return noise_and_labels(n, self.sample_shape, self.num_classes, generator)
 
     def save_samples(self, samples, cond, path: Path) -> Path:
         """The `.png` strip unless `path` names `.mp4`; a suffix-less path gets `.png`."""

@@ -136,3 +136,12 @@ def test_inspect_reads_one_epoch_as_two_ranks_of_two_workers(damaged_shards, cap
     assert f"one epoch over 2 ranks: {len(intact)} samples, 0 delivered twice" in out
     assert f"skipped shard {cut_shard}: truncated_shard" in out
     assert "skipped sample 'item-004' in" in out and ": undecodable:" in out
+
+
+def test_a_refused_audio_file_stops_the_stream_naming_its_shard_and_key(tmp_path):
+    write_media_folder(tmp_path / "src", "audio", 4)                      # 0.5 s clips at 16 kHz
+    pack_folder(tmp_path / "src", tmp_path / "shards", maxcount=2)
+    refusing = options(str(tmp_path / "shards" / "part-{000000..000001}.tar"), "audio", workers=0,
+                       audio={"sample_rate": 8000, "length": 2000, "resample": False})
+    with pytest.raises(ValueError, match=r"part-00000\d\.tar, sample 'item-00\d'.*real_data\.audio\.resample"):
+        open_stream(refusing, 2, seed=0).next(2)

@@ -14,7 +14,7 @@ from safetensors.torch import save as save_safetensors
 from potstill.data.decode_audio import AudioDecodeOptions, AudioDecoder
 from potstill.data.decode_image import ImageDecodeOptions, ImageDecoder
 from potstill.data.decode_video import VideoDecodeOptions, VideoDecoder
-from potstill.data.fields import BadSample
+from potstill.data.fields import BadSample, RefusedSample
 from potstill.data.sample_decoder import SampleDecoder, TensorDecoder
 
 RNG = np.random.default_rng(0)
@@ -100,7 +100,13 @@ def test_audio_resample_pad_and_channels():
     torch.testing.assert_close(decoded[:, :4000], expected.expand(2, -1)[:, :4000], rtol=0, atol=2e-4)
     assert decoded[:, expected.shape[1]:].abs().max() == 0              # zero padding past the clip's end
     with pytest.raises(BadSample, match="too_short"):
-        audio(length=6000, pad=False)(audio_bytes(tone(0.1, 16000, 1, 0), 16000, "wav"), RNG)
+        audio(length=6000, short="skip")(audio_bytes(tone(0.1, 16000, 1, 0), 16000, "wav"), RNG)
+    with pytest.raises(RefusedSample, match=r"real_data\.audio\.short: error"):
+        audio(length=6000, short="error")(audio_bytes(tone(0.1, 16000, 1, 0), 16000, "wav"), RNG)
+    with pytest.raises(RefusedSample, match=r"real_data\.audio\.resample: false, .* 22050 Hz"):
+        audio(sample_rate=16000, resample=False)(audio_bytes(wave, 22050, "wav"), RNG)
+    with pytest.raises(RefusedSample, match=r"real_data\.audio\.channels: 3"):
+        audio(channels=3)(audio_bytes(tone(0.1, 16000, 2, 0), 16000, "wav"), RNG)
 
 
 def test_mp3_keeps_the_tone():

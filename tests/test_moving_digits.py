@@ -9,13 +9,14 @@ import pytest
 import torch
 
 from potstill.core.config import ConfigError, load_component
+from potstill.core.real_data import SeededStream
 from potstill.core.registry import DATASETS
-from potstill.data.moving_digits import MovingDigitsStream, moving_digit_clips
+from potstill.data.moving_digits import moving_digit_clips
 
 VELOCITIES = [[0, 1], [1, 0], [0, -1], [-1, 0]]
 
 
-def build(teacher_law: dict | None = None, **options) -> MovingDigitsStream:
+def build(teacher_law: dict | None = None, **options) -> SeededStream:
     component = load_component("real_data", {"kind": "moving_digits", **options})
     teacher = SimpleNamespace(metadata={"data": teacher_law}) if teacher_law is not None else None
     return DATASETS.get("moving_digits").builder(component.options, SimpleNamespace(teacher=teacher))

@@ -124,7 +124,8 @@ class EncoderDiscriminator(nn.Module):
         features = self.features(self.prepare(x.float()))
         return sum(head(f, cond) for head, f in zip(self.heads, features, strict=True)) / len(self.heads)
 
-    def generator_loss(self, fake: torch.Tensor, cond) -> torch.Tensor:
+    def generator_loss(self, fake: torch.Tensor, cond, real=None) -> torch.Tensor:
+        """The GAN loss of generated samples (`real`, the paired real samples, is not needed here)."""
         return generator_gan_loss(self.logits(fake, cond), self.options.loss)
 
     def discriminator_loss(self, real: torch.Tensor, real_cond, fake: torch.Tensor,

@@ -126,7 +126,8 @@ class FeatureDiscriminator(nn.Module):
     def logits(self, x: torch.Tensor, cond) -> torch.Tensor:
         return self.logits_at(*self.noised(x), cond)
 
-    def generator_loss(self, fake: torch.Tensor, cond) -> torch.Tensor:
+    def generator_loss(self, fake: torch.Tensor, cond, real=None) -> torch.Tensor:
+        """The GAN loss of generated samples (`real`, the paired real samples, is not needed here)."""
         return generator_gan_loss(self.logits(fake, cond), self.options.loss)
 
     def discriminator_loss(self, real: torch.Tensor, real_cond, fake: torch.Tensor,
@@ -152,33 +153,38 @@ class FeatureDiscriminator(nn.Module):
         return loss, metrics
 
 
-def feature_channels(network: Denoiser, layers: list[int], cond) -> list[int]:
-    """Probe a Denoiser once to learn the channel width of the requested feature layers."""
+def feature_shapes(network: Denoiser, layers: list[int], cond) -> list[tuple[int, ...]]:
+    """Probe a Denoiser once to learn the shapes (batch of one) of the requested feature layers."""
     x = torch.zeros(1, *network.sample_shape)
     t = torch.full((1,), network.schedule.t_at(torch.tensor(0.5)).item())
     with torch.no_grad():
         try:
-            return [f.shape[-1] for f in network.features(x, t, cond, layers)]
+            return [tuple(f.shape) for f in network.features(x, t, cond, layers)]
         except IndexError:
             depth = len(getattr(network.backbone, "blocks", []))
-            raise ValueError(f"adversary.layers: {layers} reach past the network's {depth} blocks; use indices in "
+            raise ValueError(f"adversary: layers {layers} reach past the network's {depth} blocks; use indices in "
                              f"{-depth}..{depth - 1}") from None
 
 
-def resolve_network(options: FeatureGANOptions, context) -> Denoiser:
-    """The Denoiser whose features the heads read: the fake score, the frozen teacher, or a trainable copy."""
-    network = context.fake_score if options.network == "fake_score" else context.teacher
-    if network is None or not isinstance(network, Denoiser) or (options.network != "fake_score"
-                                                                 and network.backbone is None):
-        raise ValueError(f"adversary.network: {options.network!r} has no features to put a head on; "
+def feature_channels(network: Denoiser, layers: list[int], cond) -> list[int]:
+    """The channel width of each requested feature layer."""
+    return [shape[-1] for shape in feature_shapes(network, layers, cond)]
+
+
+def resolve_network(kind: Network, context) -> Denoiser:
+    """The Denoiser whose features the heads read (`adversary.network`): the fake score, the frozen teacher, or a
+    trainable copy of the teacher."""
+    network = context.fake_score if kind == "fake_score" else context.teacher
+    if network is None or not isinstance(network, Denoiser) or (kind != "fake_score" and network.backbone is None):
+        raise ValueError(f"adversary.network: {kind!r} has no features to put a head on; "
                          "choose fake_score, teacher or teacher_copy with a network teacher")
-    if options.network == "teacher_copy":
+    if kind == "teacher_copy":
         network = copy.deepcopy(network).requires_grad_(True).train()
     return network
 
 
 def build_feature_discriminator(options: FeatureGANOptions, context) -> FeatureDiscriminator:
-    network = resolve_network(options, context)
+    network = resolve_network(options.network, context)
     if options.r1_weight:
         allow_double_backward(network)
     probe_cond = context.modality.probe_condition()

@@ -1,7 +1,7 @@
 """Adversarial distillation as objectives (reference §8). `add`: ADD's distillation term
 lambda c(t) ||x - sg(D_teacher(renoise(x, t)))||^2 with c(t) = alpha_bar_t (the paper's exponential
 weighting, lambda = 2.5), with the frozen-encoder discriminator `add` unless the config names another.
-`ladd` and `apt`: no divergence at all; the adversary of the same name gives the whole generator loss.
+`ladd`, `apt` and `arc`: no divergence at all; the adversary of the same name gives the whole generator loss.
 Any adversary can instead be added to a divergence objective through the config's `adversary`."""
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class ADD(Objective):
 
 
 class AdversarialOnly(Objective):
-    """The generator loss is the adversary's alone (LADD, APT); no fake score is trained."""
+    """The generator loss is the adversary's alone (LADD, APT, ARC); no fake score is trained."""
 
     uses_fake_score = False
 
@@ -57,3 +57,4 @@ class AdversarialOnly(Objective):
 OBJECTIVES.register("add", ADDOptions)(lambda options, context: ADD(options))
 OBJECTIVES.register("ladd")(lambda options, context: AdversarialOnly("ladd"))
 OBJECTIVES.register("apt")(lambda options, context: AdversarialOnly("apt"))
+OBJECTIVES.register("arc")(lambda options, context: AdversarialOnly("arc"))
