@@ -42,10 +42,11 @@ class RealData(ABC):
 
 class SeededStream(RealData):
     """Endless samples `draw(n, generator)` from one seeded torch generator, whose state alone resumes the stream
-    exactly (the synthetic laws: moving digits, tones)."""
+    exactly (the synthetic laws: moving digits, tones); `options` is the resolved law it draws from."""
 
-    def __init__(self, draw: Callable[[int, torch.Generator], tuple[torch.Tensor, Any]], seed: int) -> None:
-        self.draw = draw
+    def __init__(self, draw: Callable[[int, torch.Generator], tuple[torch.Tensor, Any]], seed: int,
+                 options: Any = None) -> None:
+        self.draw, self.options = draw, options
         self.generator = torch.Generator().manual_seed(seed)
 
     def next(self, n: int) -> tuple[torch.Tensor, Any]:

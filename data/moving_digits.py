@@ -92,7 +92,7 @@ def moving_digit_clips(n: int, canvas: int, frames: int, velocities: list[list[i
 def moving_digits_stream(options: MovingDigitsOptions) -> SeededStream:
     """Endless clips of a resolved law, resumable exactly."""
     o = options
-    return SeededStream(lambda n, g: moving_digit_clips(n, o.canvas, o.frames, o.velocities, g, o.digits), o.seed)
+    return SeededStream(lambda n, g: moving_digit_clips(n, o.canvas, o.frames, o.velocities, g, o.digits), o.seed, o)
 
 
 @DATASETS.register("moving_digits", MovingDigitsOptions)

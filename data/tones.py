@@ -119,7 +119,7 @@ def tone_clips(n: int, options: TonesOptions, generator: torch.Generator) -> tup
 
 def tones_stream(options: TonesOptions) -> SeededStream:
     """Endless clips of a resolved law, resumable exactly."""
-    return SeededStream(lambda n, g: tone_clips(n, options, g), options.seed)
+    return SeededStream(lambda n, g: tone_clips(n, options, g), options.seed, options)
 
 
 @DATASETS.register("tones", TonesOptions)

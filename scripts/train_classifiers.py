@@ -77,24 +77,32 @@ def held_out_accuracy(model: VideoClassifier, seed: int, n: int = 500) -> dict[t
     return accuracy
 
 
-def train_video_classifier(steps: int, batch: int, seed: int) -> None:
-    torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
-    model = VideoClassifier()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=steps, pct_start=0.1)
+def fit(model: torch.nn.Module, steps: int, lr: float, batch_loss, name: str) -> None:
+    """AdamW with a one-cycle learning rate for `steps` steps of `batch_loss()`, the loss printed every 250."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
     begin = time.perf_counter()
     for step in range(steps):
-        clips, labels = random_clips(batch, generator)
-        clips = (clips + 0.1 * torch.randn(clips.shape, generator=generator)).clamp(-1, 1)
-        loss = F.cross_entropy(model(clips)[0], labels)
+        loss = batch_loss()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         schedule.step()
         if step % 250 == 0 or step == steps - 1:
-            print(f"video classifier step {step} loss {loss.item():.4f} ({time.perf_counter() - begin:.0f} s)",
-                  flush=True)
+            print(f"{name} step {step} loss {loss.item():.4f} ({time.perf_counter() - begin:.0f} s)", flush=True)
+
+
+def train_video_classifier(steps: int, batch: int, seed: int) -> None:
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    model = VideoClassifier()
+
+    def batch_loss() -> torch.Tensor:
+        clips, labels = random_clips(batch, generator)
+        clips = (clips + 0.1 * torch.randn(clips.shape, generator=generator)).clamp(-1, 1)
+        return F.cross_entropy(model(clips)[0], labels)
+
+    fit(model, steps, 3e-3, batch_loss, "video classifier")
     accuracy = held_out_accuracy(model, seed)
     print("video classifier held-out accuracy (canvas, frames): "
           + ", ".join(f"{key}: {value:.4f}" for key, value in accuracy.items()), flush=True)
@@ -133,19 +141,12 @@ def train_audio_classifier(steps: int, batch: int, seed: int) -> None:
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     model = AudioClassifier()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=steps, pct_start=0.1)
-    begin = time.perf_counter()
-    for step in range(steps):
+
+    def batch_loss() -> torch.Tensor:
         clips, targets = random_tones(batch, generator)
-        loss = F.binary_cross_entropy_with_logits(model(clips, RATE)[0], targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        if step % 250 == 0 or step == steps - 1:
-            print(f"audio classifier step {step} loss {loss.item():.4f} ({time.perf_counter() - begin:.0f} s)",
-                  flush=True)
+        return F.binary_cross_entropy_with_logits(model(clips, RATE)[0], targets)
+
+    fit(model, steps, 2e-3, batch_loss, "audio classifier")
     with torch.no_grad():
         clips, targets = random_tones(500, torch.Generator().manual_seed(seed + 10_000))
         found = model.eval()(clips, RATE)[0].topk(3, dim=1).indices
