@@ -28,6 +28,13 @@ REQUIRED = ("backbone", "backbone_options", "schedule", "schedule_options", "pre
 PREDICTIONS = ("x0", "eps", "v", "flow", "edm")
 
 
+def teacher_data(teacher, kind: str) -> dict | None:
+    """The `data` section of a trained teacher's file (its `kind` key removed) when that data was `kind`, else None
+    (another dataset, or a teacher without a file)."""
+    data = (getattr(teacher, "metadata", None) or {}).get("data") or {}
+    return {k: v for k, v in data.items() if k != "kind"} if data.get("kind") == kind else None
+
+
 def write_teacher_file(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, Any]) -> Path:
     """Write the weights and metadata so that a reader sees the old file or the new one, never a part."""
     path = Path(path)

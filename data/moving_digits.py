@@ -11,6 +11,7 @@ import torch
 from potstill.core.config import ConfigError
 from potstill.core.real_data import SeededStream
 from potstill.core.registry import DATASETS
+from potstill.core.teacher_file import teacher_data
 from potstill.data.digits import load_digits_tensors
 
 DIGIT_SIZE = 8
@@ -97,5 +98,4 @@ def moving_digits_stream(options: MovingDigitsOptions) -> SeededStream:
 
 @DATASETS.register("moving_digits", MovingDigitsOptions)
 def build_moving_digits(options: MovingDigitsOptions, context) -> SeededStream:
-    law = (getattr(getattr(context, "teacher", None), "metadata", None) or {}).get("data") or {}
-    return moving_digits_stream(options.resolved(law if law.get("kind") == "moving_digits" else None))
+    return moving_digits_stream(options.resolved(teacher_data(getattr(context, "teacher", None), "moving_digits")))

@@ -15,6 +15,7 @@ import torch
 from potstill.core.config import ConfigError
 from potstill.core.real_data import SeededStream
 from potstill.core.registry import DATASETS
+from potstill.core.teacher_file import teacher_data
 
 DEFAULT_LAW = {
     "sample_rate": 8000,
@@ -124,5 +125,4 @@ def tones_stream(options: TonesOptions) -> SeededStream:
 
 @DATASETS.register("tones", TonesOptions)
 def build_tones(options: TonesOptions, context) -> SeededStream:
-    law = (getattr(getattr(context, "teacher", None), "metadata", None) or {}).get("data") or {}
-    return tones_stream(options.resolved(law if law.get("kind") == "tones" else None))
+    return tones_stream(options.resolved(teacher_data(getattr(context, "teacher", None), "tones")))

@@ -17,6 +17,7 @@ from potstill.backbones.audio_classifier import AudioClassifier
 from potstill.core.config import ConfigError, from_dict
 from potstill.core.modality import FOLDER, Modality, noise_and_labels
 from potstill.core.registry import MODALITIES
+from potstill.core.teacher_file import teacher_data
 from potstill.core.weights import load_frozen
 from potstill.data.tones import TonesOptions, tone_clips
 from potstill.modalities.audio_scores import tone_scores
@@ -46,10 +47,8 @@ class AudioOptions:
 
 def tones_law_of(teacher) -> TonesOptions | None:
     """The tones law in the teacher file's `data` section, or None for a teacher trained on other data."""
-    data = (getattr(teacher, "metadata", None) or {}).get("data") or {}
-    if data.get("kind") != "tones":
-        return None
-    return from_dict(TonesOptions, {k: v for k, v in data.items() if k != "kind"}, "teacher metadata data").resolved()
+    data = teacher_data(teacher, "tones")
+    return None if data is None else from_dict(TonesOptions, data, "teacher metadata data").resolved()
 
 
 def check_finite(samples: torch.Tensor, path: Path) -> None:

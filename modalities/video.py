@@ -16,6 +16,7 @@ from potstill.backbones.video_classifier import VideoClassifier
 from potstill.core.config import ConfigError, from_dict
 from potstill.core.modality import Modality, noise_and_labels
 from potstill.core.registry import MODALITIES
+from potstill.core.teacher_file import teacher_data
 from potstill.core.weights import load_frozen
 from potstill.data.moving_digits import MovingDigitsOptions, moving_digit_clips
 from potstill.modalities.frechet import frechet_distance, gaussian_stats
@@ -49,11 +50,8 @@ class VideoOptions:
 
 def law_of(teacher) -> MovingDigitsOptions | None:
     """The moving-digits law in the teacher file's `data` section, or None for a teacher trained on other data."""
-    data = (getattr(teacher, "metadata", None) or {}).get("data") or {}
-    if data.get("kind") != "moving_digits":
-        return None
-    options = from_dict(MovingDigitsOptions, {k: v for k, v in data.items() if k != "kind"}, "teacher metadata data")
-    return options.resolved()
+    data = teacher_data(teacher, "moving_digits")
+    return None if data is None else from_dict(MovingDigitsOptions, data, "teacher metadata data").resolved()
 
 
 def load_video_classifier(path: str) -> VideoClassifier:
