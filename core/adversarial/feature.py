@@ -147,7 +147,7 @@ class FeatureDiscriminator(nn.Module):
             loss = loss + 0.5 * o.r1_weight * r1
             metrics["d_r1"] = r1.item()
         if o.approx_r1_weight:
-            approx = approximate_r1_penalty(logits_of, real_t, o.approx_r1_sigma, o.approx_r1_scaling)
+            approx = approximate_r1_penalty(logits_of, real_t, o.approx_r1_sigma, o.approx_r1_scaling, logits_real)
             loss = loss + o.approx_r1_weight * approx
             metrics["d_approx_r1"] = approx.item()
         return loss, metrics

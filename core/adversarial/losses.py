@@ -49,11 +49,13 @@ def r1_penalty(logits_of: Callable[[torch.Tensor], torch.Tensor], real: torch.Te
 
 
 def approximate_r1_penalty(logits_of: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor, sigma: float,
-                           scaling: ApproxR1Scaling = "plain") -> torch.Tensor:
+                           scaling: ApproxR1Scaling = "plain", logits: torch.Tensor | None = None) -> torch.Tensor:
     """APT's mean (D(x + sigma n) - D(x))^2 on real inputs; `divided` divides the difference by sigma
-    (Self-Forcing's form, which approximates R1 itself as sigma -> 0)."""
+    (Self-Forcing's form, which approximates R1 itself as sigma -> 0). `logits`: D(x) when the caller already has
+    it (it is then not computed again)."""
     real = real.detach()
-    difference = logits_of(real + sigma * parallel.randn_like(real)) - logits_of(real)
+    moved = logits_of(real + sigma * parallel.randn_like(real))
+    difference = moved - (logits if logits is not None else logits_of(real))
     if scaling == "divided":
         difference = difference / sigma
     return (difference**2).mean()

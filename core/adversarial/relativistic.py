@@ -23,6 +23,7 @@ from torch import nn
 
 from potstill.core import parallel
 from potstill.core.adversarial.feature import feature_shapes, resolve_network
+from potstill.core.adversarial.losses import approximate_r1_penalty
 from potstill.core.denoiser import Denoiser
 from potstill.core.registry import ADVERSARIES
 from potstill.core.time_draws import TimeOptions, draw_times
@@ -128,9 +129,9 @@ class RelativisticDiscriminator(nn.Module):
         return relativistic_g_loss(self.scores_at(real_t, t, cond), self.scores_at(fake_t, t, cond))
 
     def penalty(self, x_t: torch.Tensor, t: torch.Tensor, cond, scores: torch.Tensor) -> torch.Tensor:
-        """Per-sample mean over positions of (D(x_t + sigma n) - D(x_t))^2, averaged over the batch."""
-        moved = self.scores_at(x_t + self.options.penalty_sigma * parallel.randn_like(x_t), t, cond)
-        return (moved - scores).pow(2).mean()
+        """Mean over samples and positions of (D(x_t + sigma n) - D(x_t))^2 (the core's approximate R1)."""
+        return approximate_r1_penalty(lambda x: self.scores_at(x, t, cond), x_t, self.options.penalty_sigma,
+                                      logits=scores)
 
     def discriminator_loss(self, real: torch.Tensor, real_cond, fake: torch.Tensor,
                            fake_cond) -> tuple[torch.Tensor, dict[str, float]]:
