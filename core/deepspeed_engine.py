@@ -59,6 +59,13 @@ def read_deepspeed_json(name: str | None) -> dict:
         raise ConfigError(f"engine.config_file: {path} is not valid JSON ({error})") from None
 
 
+def skip_inference_shm_op(deepspeed: Any) -> None:
+    """DeepSpeed JIT-compiles its shared-memory all-reduce at every CPU start (~30 s per venv path), and a
+    start killed mid-build leaves a lock on which every later start waits forever. The op serves only
+    `inference_all_reduce`, which training never calls, so mark it unavailable and DeepSpeed uses gloo."""
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 def _is_partitioned(tensor: torch.Tensor) -> bool:
     return hasattr(tensor, "ds_id")
 
@@ -84,6 +91,8 @@ class DeepSpeedEngine(Engine):
             os.environ.setdefault("RANK", "0")
             os.environ.setdefault("LOCAL_RANK", "0")
             os.environ.setdefault("WORLD_SIZE", "1")
+            if backend == "gloo":
+                skip_inference_shm_op(deepspeed)
             deepspeed.init_distributed(dist_backend=backend)
         self.rank = torch.distributed.get_rank()
         self.world_size = torch.distributed.get_world_size()

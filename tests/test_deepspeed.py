@@ -44,8 +44,9 @@ def distill_command(config: Path, out: Path, overrides: list[str], resume: bool 
                           *(["--resume"] if resume else []), "--set", *overrides)
 
 
-def run_launch(command: list[str], cwd: Path) -> str:
-    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
+def run_launch(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600,
+                          env=None if env is None else {**os.environ, **env})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout
 
@@ -93,8 +94,13 @@ def digits_two_ranks_from_shards(tmp_path_factory, shard_run) -> Path:
 
 
 def test_sharded_teacher_holds_half_and_answers_as_the_whole(tmp_path):
+    """Also: no rank JIT-builds DeepSpeed's inference-only shared-memory op (a killed build's lock would
+    hang every later start), so the extensions folder stays empty."""
     script = ROOT / "tests" / "distributed" / "sharded_teacher.py"
-    run_launch(launch_command(str(script), str(tmp_path)), ROOT)
+    extensions = tmp_path / "torch_extensions"
+    extensions.mkdir()
+    run_launch(launch_command(str(script), str(tmp_path)), ROOT, env={"TORCH_EXTENSIONS_DIR": str(extensions)})
+    assert list(extensions.iterdir()) == []
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     total = reports[0]["total"]
     assert sum(r["held"] for r in reports) >= total
