@@ -22,7 +22,7 @@ def import_builtins() -> None:
         teacher_file,
     )
     from potstill.data import digits, moving_digits, tones, webdataset_source  # noqa: F401
-    from potstill.modalities import audio, video  # noqa: F401
+    from potstill.modalities import audio, audio_codecs, video  # noqa: F401
 
 
 on_first_lookup(import_builtins)

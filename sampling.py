@@ -87,13 +87,14 @@ def sample_run(request: SampleRequest) -> Path:
         noise, cond = distiller.draw_inputs(min(request.batch, request.n - start), generator)
         cond = fix_label(cond, request.label, getattr(distiller.modality, "num_classes", 0))
         x = streamed(student, noise, cond, report=start == 0) if request.stream else student.sample(noise, cond)
-        parts.append(distiller.modality.to_data_range(x.float().cpu()))
+        parts.append(x.float().cpu())
         conds.append(to_device(cond, "cpu"))
     samples = torch.cat(parts)
     if not torch.isfinite(samples).all():
         raise ValueError(f"--out {out}: the student's samples hold NaN or Inf; nothing was written")
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".pt":
+        samples = distiller.modality.to_data_range(samples)
         torch.save(samples, out)
     else:
         out = distiller.modality.save_samples(samples, torch.cat(conds) if conds[0] is not None else None, out)

@@ -95,6 +95,7 @@ class RunConfig:
     real_data: Component | None = None
     engine: Component | None = None
     text_encoder: Component | None = None
+    codec: Component | None = None      # null: the teacher file's own codec, if it was trained through one
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimGroup = field(default_factory=OptimGroup)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -148,6 +149,7 @@ COMPONENT_REGISTRIES: dict[str, reg.Registry] = {
     "real_data": reg.DATASETS,
     "engine": reg.ENGINES,
     "text_encoder": reg.TEXT_ENCODERS,
+    "codec": reg.CODECS,
 }
 
 # Per config class, the sections that are registered components and the registry each is resolved through;

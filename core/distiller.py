@@ -16,6 +16,7 @@ from torch import nn
 from potstill.core import checkpoint as ckpt
 from potstill.core import parallel
 from potstill.core import registry as reg
+from potstill.core.codec import Codec, EncodedModality, EncodedRealData, build_codec
 from potstill.core.config import RunConfig, to_dict
 from potstill.core.config_changes import write_config_file
 from potstill.core.denoiser import Denoiser
@@ -40,6 +41,14 @@ class BuildContext:
     generator: Generator | None = None
     fake_score: nn.Module | None = None
     text_encoder: nn.Module | None = None
+    codec: Codec | None = None
+
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        """The shape of one datum the modality saves and scores: the teacher's sample shape, decoded when a codec
+        sits between them."""
+        shape = tuple(self.teacher.sample_shape)
+        return self.codec.data_shape(shape) if self.codec is not None else shape
 
 
 def _build(registry: reg.Registry, component, context: BuildContext, key: str):
@@ -110,7 +119,11 @@ class Distiller(StepLoop):
         self.text_encoder = context.text_encoder
         context.teacher = _build(reg.TEACHERS, config.teacher, context, "teacher.kind")
         self.teacher = context.teacher.requires_grad_(False).eval()
+        context.codec = build_codec(config.codec, context, self.teacher)
+        self.codec = context.codec.to(self.engine.device) if context.codec is not None else None
         context.modality = _build(reg.MODALITIES, config.modality, context, "modality.kind")
+        if self.codec is not None:
+            context.modality = EncodedModality(context.modality, self.codec)
         self.modality = context.modality
         context.generator = _build(reg.GENERATORS, config.generator, context, "generator.kind")
         self.generator = context.generator
@@ -121,6 +134,8 @@ class Distiller(StepLoop):
         self.adversary = self._build_adversary(context)
         self.real_data = (_build(reg.DATASETS, config.real_data, context, "real_data.kind")
                           if config.real_data is not None and with_real_data else None)
+        if self.real_data is not None and self.codec is not None:
+            self.real_data = EncodedRealData(self.real_data, self.codec)
         self._check_requirements(with_real_data)
         for module in (self.generator, self.fake_score, self.adversary, self.objective):
             if module is not None:

@@ -27,6 +27,11 @@ class Modality(ABC):
     def draw_inputs(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, object]:
         """Generator input noise [n, *sample_shape] and the matching conditions (or None)."""
 
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        """The shape of one real datum (what real data decodes to): the sample shape, unless a codec encodes it."""
+        return tuple(self.sample_shape)
+
     def to_data_range(self, samples: torch.Tensor) -> torch.Tensor:
         """Samples as the data they imitate (clamped to its range, for bounded data); unbounded data as is."""
         return samples.clamp(*self.data_range) if self.data_range is not None else samples

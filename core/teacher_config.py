@@ -78,10 +78,11 @@ class TeacherRunConfig:
     prediction: Prediction
     sigma_data: float = 0.5
     label_dropout: float = 0.1
+    codec: Component | None = None      # the teacher models the codec's encoding of the data (mel frames, latents)
     train: TeacherTrainConfig = field(default_factory=TeacherTrainConfig)
 
 
-SECTIONS = {"backbone": reg.BACKBONES, "schedule": reg.SCHEDULES, "real_data": reg.DATASETS}
+SECTIONS = {"backbone": reg.BACKBONES, "schedule": reg.SCHEDULES, "real_data": reg.DATASETS, "codec": reg.CODECS}
 SECTION_REGISTRIES[TeacherRunConfig] = SECTIONS
 RULES[TeacherTrainConfig] = {
     **dict.fromkeys(["steps", "batch_size", "log_every", "keep_checkpoints"], AT_LEAST_1),

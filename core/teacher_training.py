@@ -11,6 +11,7 @@ import torch
 
 from potstill.core import checkpoint as ckpt
 from potstill.core import registry as reg
+from potstill.core.codec import EncodedRealData, build_codec, codec_metadata
 from potstill.core.config import TrainConfig, read_yaml, to_dict
 from potstill.core.config_changes import check_resume_changes, record_changes, write_config_file
 from potstill.core.denoiser import Denoiser
@@ -51,8 +52,9 @@ def sized_to_data(options, real_data):
 
 
 class TeacherTrainer(StepLoop):
-    """One teacher run: backbone, schedule and data built from `config`, trained by `train()`, checkpointed under
-    `run_dir/checkpoints` (backbone and EMA as safetensors; optimizer, RNG, data stream and step in state.pt)."""
+    """One teacher run: backbone, schedule and data (encoded by the codec, when one is set) built from `config`,
+    trained by `train()`, checkpointed under `run_dir/checkpoints` (backbone and EMA as safetensors; optimizer,
+    RNG, data stream and step in state.pt)."""
 
     loop_name = "train-teacher"
 
@@ -64,6 +66,9 @@ class TeacherTrainer(StepLoop):
                                                                       seed=t.seed))
         dataset = reg.DATASETS.get(config.real_data.kind, "real_data.kind")
         self.real_data = dataset.builder(config.real_data.options, DataContext(config, self.engine))
+        self.codec = build_codec(config.codec, DataContext(config, self.engine))
+        if self.codec is not None:
+            self.real_data = EncodedRealData(self.real_data, self.codec.to(self.engine.device))
         self.backbone_options = sized_to_data(config.backbone.options, self.real_data)
         backbone = reg.BACKBONES.get(config.backbone.kind, "backbone.kind").builder(self.backbone_options)
         schedule = reg.SCHEDULES.get(config.schedule.kind, "schedule.kind").builder(config.schedule.options)
@@ -155,7 +160,8 @@ class TeacherTrainer(StepLoop):
         return {"backbone": c.backbone.kind, "backbone_options": options_dict(self.backbone_options),
                 "schedule": c.schedule.kind, "schedule_options": options_dict(c.schedule.options),
                 "prediction": c.prediction, "sigma_data": c.sigma_data, "sample_shape": list(self.model.sample_shape),
-                "num_classes": self.num_classes, "data": to_dict(c.real_data), "trained_steps": self.step}
+                "num_classes": self.num_classes, "data": to_dict(c.real_data), "codec": codec_metadata(c.codec),
+                "trained_steps": self.step}
 
     def write_teacher(self) -> Path:
         """`run_dir/teacher.safetensors`: the EMA backbone with the metadata, written atomically."""

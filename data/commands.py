@@ -1,4 +1,4 @@
-"""`potstill data pack | inspect | embed | digits`: make, look into and extend webdataset shards."""
+"""`potstill data pack | inspect | embed | digits | tones`: make, look into and extend webdataset shards."""
 
 from __future__ import annotations
 
@@ -66,6 +66,20 @@ def _digits(args) -> None:
           f"`potstill data pack {args.out_dir} OUT_DIR/digits-%06d.tar --maxcount 300`")
 
 
+def _tones(args) -> None:
+    from potstill.core.teacher_file import read_teacher_file
+    from potstill.data.tones import TonesOptions, export_tones
+
+    _, metadata = read_teacher_file(args.teacher, "--teacher")
+    data = metadata.get("data") or {}
+    if data.get("kind") != "tones":
+        raise ValueError(f"--teacher {args.teacher}: was not trained on tones (its data: {data.get('kind')!r})")
+    law = TonesOptions().resolved({k: v for k, v in data.items() if k != "kind"})
+    count = export_tones(Path(args.out_dir), law, args.n, args.seed)
+    print(f"wrote {count} clips of {law.length} samples at {law.sample_rate} Hz (wav, cls) to {args.out_dir}; pack "
+          f"them with `potstill data pack {args.out_dir} OUT_DIR/tones-%06d.tar --maxcount 500`")
+
+
 def add_data_commands(sub: argparse._SubParsersAction) -> None:
     data = sub.add_parser("data", help="make, inspect and extend webdataset shards")
     commands = data.add_subparsers(dest="data_command", required=True)
@@ -112,3 +126,10 @@ def add_data_commands(sub: argparse._SubParsersAction) -> None:
     p = commands.add_parser("digits", help="write the embedded 8x8 digits as png files with labels and captions")
     p.add_argument("out_dir")
     p.set_defaults(func=_digits)
+
+    p = commands.add_parser("tones", help="write clips of a tones teacher's law as wav files with labels")
+    p.add_argument("out_dir")
+    p.add_argument("--teacher", default="embedded:tones_teacher", help="the teacher file whose law to draw")
+    p.add_argument("--n", type=int, default=2000, help="clips to write")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_tones)

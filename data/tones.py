@@ -9,7 +9,9 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
+import soundfile
 import torch
 
 from potstill.core.config import ConfigError
@@ -126,3 +128,16 @@ def tones_stream(options: TonesOptions) -> SeededStream:
 @DATASETS.register("tones", TonesOptions)
 def build_tones(options: TonesOptions, context) -> SeededStream:
     return tones_stream(options.resolved(teacher_data(getattr(context, "teacher", None), "tones")))
+
+
+def export_tones(folder: Path, options: TonesOptions, n: int, seed: int = 0) -> int:
+    """n clips of a resolved law as a folder the packer reads: `tone-NNNN.wav` (PCM 16 at the law's rate) with its
+    class (`.cls`), so ARC and DMD2's GAN head can stream the law from shards (`tones_arc_shards.yaml`)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    clips, labels = tone_clips(n, options, torch.Generator().manual_seed(seed))
+    for index, (clip, label) in enumerate(zip(clips, labels.tolist(), strict=True)):
+        stem = folder / f"tone-{index:04d}"
+        soundfile.write(str(stem.with_suffix(".wav")), clip.T.numpy(), options.sample_rate, subtype="PCM_16")
+        stem.with_suffix(".cls").write_text(str(label))
+    return n

@@ -90,6 +90,6 @@ def build_webdataset_stream(options: WebDatasetOptions, context) -> WebDatasetSt
     encoder = context.text_encoder.encode if context.text_encoder is not None else None
     if options.condition == "caption" and encoder is None:
         raise ValueError("real_data.condition: captions need a text encoder; set the run's text_encoder section")
-    return open_stream(options, context.engine.micro_batch, seed, getattr(modality, "sample_shape", None), encoder,
+    return open_stream(options, context.engine.micro_batch, seed, getattr(modality, "data_shape", None), encoder,
                        parallel.PLACE.rank, parallel.PLACE.world_size,
                        sample_rate=getattr(modality, "sample_rate", None))

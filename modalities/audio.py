@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import soundfile
 import torch
@@ -33,9 +32,9 @@ SPECTROGRAM_FFT = 128
 @dataclass
 class AudioOptions:
     """`classifier` (the toy audio classifier's weights) gives `fad_toy`; null: the exact tone scores only.
-    `sample_rate` null: the teacher's (from its data). `grid_columns` clips a row in the spectrogram grid."""
+    `sample_rate` null: the teacher's (from its data). `grid_columns` clips a row in the spectrogram grid.
+    A teacher of mel frames or latents (the `codec` section) is scored and saved on its decoded clips."""
 
-    representation: Literal["waveform"] = "waveform"
     classifier: str | None = "embedded:tones_classifier"
     sample_rate: int | None = None
     grid_columns: int = 8
@@ -82,10 +81,12 @@ class AudioModality(Modality):
     sample_formats = (".wav", ".png", FOLDER)
     data_range = (-1.0, 1.0)
 
-    def __init__(self, options: AudioOptions, teacher) -> None:
-        shape = tuple(teacher.sample_shape)
+    def __init__(self, options: AudioOptions, teacher, shape: tuple[int, ...] | None = None) -> None:
+        """`shape`: one clip's [C, T] (the teacher's sample shape unless a codec decodes its samples to clips)."""
+        shape = tuple(shape or teacher.sample_shape)
         if len(shape) != 2:
-            raise ValueError(f"modality.kind: audio needs a teacher whose samples are [C, T], got {shape}")
+            raise ValueError(f"modality.kind: audio needs clips [C, T] (the teacher's samples, or what its codec "
+                             f"decodes them to), got {shape}")
         self.options = options
         self.sample_shape = shape
         self.num_classes = teacher.num_classes
@@ -157,4 +158,5 @@ class AudioModality(Modality):
         return "fad_toy" if self.classifier is not None and self.law is not None else "impurity"
 
 
-MODALITIES.register("audio", AudioOptions)(lambda options, context: AudioModality(options, context.teacher))
+MODALITIES.register("audio", AudioOptions)(
+    lambda options, context: AudioModality(options, context.teacher, getattr(context, "data_shape", None)))

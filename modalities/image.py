@@ -127,9 +127,11 @@ class ImageModality(Modality):
     """Images [C, H, W] in [-1, 1]; class labels drawn uniformly when the teacher is class-conditional, or
     prompt embeddings when prompts are configured."""
 
-    def __init__(self, options: ImageOptions, teacher: Denoiser, text_encoder=None) -> None:
+    def __init__(self, options: ImageOptions, teacher: Denoiser, text_encoder=None,
+                 shape: tuple[int, ...] | None = None) -> None:
+        """`shape`: one image's [C, H, W] (the teacher's sample shape unless a codec decodes its samples)."""
         self.options = options
-        self.sample_shape = teacher.sample_shape
+        self.sample_shape = tuple(shape or teacher.sample_shape)
         self.num_classes = teacher.num_classes
         self.prompts = prompt_embeddings(options, teacher, text_encoder)
         self.classifier = load_classifier(options.classifier) if options.classifier else None
@@ -178,4 +180,5 @@ class ImageModality(Modality):
 
 
 MODALITIES.register("image", ImageOptions)(
-    lambda options, context: ImageModality(options, context.teacher, context.text_encoder))
+    lambda options, context: ImageModality(options, context.teacher, context.text_encoder,
+                                           getattr(context, "data_shape", None)))

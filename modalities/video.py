@@ -104,8 +104,9 @@ class VideoModality(Modality):
     sample_formats = (".mp4", ".png")
     data_range = (-1.0, 1.0)
 
-    def __init__(self, options: VideoOptions, teacher) -> None:
-        shape = tuple(teacher.sample_shape)
+    def __init__(self, options: VideoOptions, teacher, shape: tuple[int, ...] | None = None) -> None:
+        """`shape`: one clip's [C, F, H, W] (the teacher's sample shape unless a codec decodes its samples)."""
+        shape = tuple(shape or teacher.sample_shape)
         if len(shape) != 4:
             raise ValueError(f"modality.kind: video needs a teacher whose samples are [C, F, H, W], got {shape}")
         self.options = options
@@ -173,4 +174,5 @@ class VideoModality(Modality):
         return "fvd_toy" if self.classifier is not None and self.law is not None else "shift_residual"
 
 
-MODALITIES.register("video", VideoOptions)(lambda options, context: VideoModality(options, context.teacher))
+MODALITIES.register("video", VideoOptions)(
+    lambda options, context: VideoModality(options, context.teacher, getattr(context, "data_shape", None)))
