@@ -126,3 +126,15 @@ def _concat(a, b):
     if isinstance(a, dict):
         return {k: torch.cat([a[k], b[k]]) for k in a}
     return torch.cat([a, b])
+
+
+def drop_conditions(denoiser: Denoiser, cond, p: float, key: str):
+    """Each sample's condition replaced by the denoiser's null condition with probability `p` (classifier-free
+    guidance's training dropout), drawn for the global batch so ranks keep a one-process run's rows; `key` names
+    the setting in the error for conditions that are not a tensor."""
+    if cond is None or p == 0:
+        return cond
+    if not isinstance(cond, torch.Tensor):
+        raise ValueError(f"{key}: the conditions are a {type(cond).__name__}, not a tensor; set {key}: 0")
+    drop = parallel.draw_local(lambda n: torch.rand(n) < p, cond.shape[0]).to(cond.device)
+    return torch.where(per_sample(drop, cond).bool(), denoiser.null_condition(cond), cond)

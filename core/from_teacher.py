@@ -7,6 +7,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Literal
 
+from potstill.core.config import ConfigError
 from potstill.core.denoiser import Denoiser
 from potstill.core.generator import DenoiserGenerator, NoisedRealGenerator
 from potstill.core.init_from import load_init_weights
@@ -20,13 +21,23 @@ class DenoiserGeneratorOptions:
     (EDM: [80.0] for DMD2's one-step, [2.5] for SiD's sigma_init). `init_from`: a run directory whose EMA
     student these weights start from (APT after an ODE initialisation), instead of the teacher's.
     `inputs: real` trains on real samples noised to a time drawn by `gen_t` (ARC; needs `real_data`), positions
-    uniform in [0, 1) by default, `{t_low: 1, t_high: 1}` for pure noise; sampling still starts from noise."""
+    uniform in [0, 1) by default, `{t_low: 1, t_high: 1}` for pure noise; sampling still starts from noise;
+    `condition_dropout` (with `inputs: real`) drops that share of its conditions to the null one on its own steps
+    (ARC's anchor: 0.1)."""
 
     times: list[float] = field(default_factory=lambda: [80.0])
     guidance: float = 1.0
     init_from: str | None = None
     inputs: Literal["noise", "real"] = "noise"
     gen_t: TimeOptions = field(default_factory=lambda: TimeOptions(t_low=0.0, t_high=1.0, t_grid=0))
+    condition_dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.condition_dropout < 1:
+            raise ConfigError(f"generator.condition_dropout: must be in [0, 1), got {self.condition_dropout}")
+        if self.condition_dropout and self.inputs != "real":
+            raise ConfigError("generator.condition_dropout: only a student of noised real samples (inputs: real) "
+                              "drops its conditions")
 
 
 def copy_teacher(teacher, key: str) -> Denoiser:
@@ -39,7 +50,8 @@ def copy_teacher(teacher, key: str) -> Denoiser:
 def build_denoiser_generator(options: DenoiserGeneratorOptions, context) -> DenoiserGenerator:
     denoiser = copy_teacher(context.teacher, "generator.kind")
     if options.inputs == "real":
-        generator = NoisedRealGenerator(denoiser, options.times, options.gen_t, options.guidance)
+        generator = NoisedRealGenerator(denoiser, options.times, options.gen_t, options.guidance,
+                                        options.condition_dropout)
     else:
         generator = DenoiserGenerator(denoiser, options.times, options.guidance)
     if options.init_from:

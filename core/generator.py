@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from potstill.core import parallel
-from potstill.core.denoiser import Denoiser
+from potstill.core.denoiser import Denoiser, drop_conditions
 from potstill.core.samplers import solve
 from potstill.core.time_draws import TimeOptions, draw_times
 
@@ -94,15 +94,20 @@ class DenoiserGenerator(Generator):
 class NoisedRealGenerator(DenoiserGenerator):
     """ARC's student (Novack et al. 2025): in training, a real sample x noised to t drawn by `gen_t`,
     x_t = alpha(t) x + sigma(t) eps (flow: (1 - t) x + t eps), gives x0 = D(x_t, t), the sample the relativistic
-    discriminator compares with x itself. At inference it starts from noise and ping-pongs along `times`."""
+    discriminator compares with x itself. At inference it starts from noise and ping-pongs along `times`.
+    `condition_dropout`: on the generator's own steps (with grad) that share of its conditions is dropped to the
+    null one, as the anchor's G forward does (its factory default 0.1); the critic's no-grad pass keeps them."""
 
     trains_on_real = True
 
-    def __init__(self, denoiser: Denoiser, times: list[float], gen_t: TimeOptions, guidance: float = 1.0) -> None:
+    def __init__(self, denoiser: Denoiser, times: list[float], gen_t: TimeOptions, guidance: float = 1.0,
+                 condition_dropout: float = 0.0) -> None:
         super().__init__(denoiser, times, guidance)
-        self.gen_t = gen_t
+        self.gen_t, self.condition_dropout = gen_t, condition_dropout
 
     def forward(self, real: torch.Tensor, cond=None) -> torch.Tensor:
         schedule = self.denoiser.schedule
         t = draw_times(self.gen_t, schedule, real.shape[0]).to(real)
+        if torch.is_grad_enabled():
+            cond = drop_conditions(self.denoiser, cond, self.condition_dropout, "generator.condition_dropout")
         return self.denoise(schedule.add_noise(real, parallel.randn_like(real), t), t, cond)

@@ -7,21 +7,19 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import torch
-
 from potstill.core import checkpoint as ckpt
 from potstill.core import registry as reg
 from potstill.core.codec import EncodedRealData, build_codec, codec_metadata
 from potstill.core.config import TrainConfig, read_yaml, to_dict
 from potstill.core.config_changes import check_resume_changes, record_changes, write_config_file
-from potstill.core.denoiser import Denoiser
+from potstill.core.denoiser import Denoiser, drop_conditions
 from potstill.core.distiller import rng_state, seed_everything, set_rng_state
 from potstill.core.ema import EMA
 from potstill.core.engine import Engine, NonFiniteError, Part, PlainEngine, PlainOptions
 from potstill.core.step_loop import StepLoop, refuse_nonfinite
 from potstill.core.teacher_config import TeacherRunConfig
 from potstill.core.teacher_file import TEACHER_FILE, write_teacher_file
-from potstill.core.tensors import per_sample, to_device
+from potstill.core.tensors import to_device
 
 FREE_HERE = ["train.device"]     # besides config_changes.FREE_ON_RESUME: where it runs is no part of the recipe
 
@@ -91,14 +89,7 @@ class TeacherTrainer(StepLoop):
 
     def drop_labels(self, cond):
         """Each sample's condition replaced by the backbone's null condition with probability `label_dropout`."""
-        p = self.config.label_dropout
-        if cond is None or p == 0:
-            return cond
-        if not isinstance(cond, torch.Tensor):
-            raise ValueError(f"label_dropout: the data's conditions are a {type(cond).__name__}, not a tensor; "
-                             "set label_dropout: 0")
-        drop = (torch.rand(cond.shape[0]) < p).to(cond.device)
-        return torch.where(per_sample(drop, cond).bool(), self.model.null_condition(cond), cond)
+        return drop_conditions(self.model, cond, self.config.label_dropout, "label_dropout")
 
     def train_step(self) -> dict[str, float]:
         """One AdamW step on a batch of real samples; the loss is the schedule's native DSM loss."""

@@ -9,11 +9,11 @@ Prints the round trip's error, and its pitch accuracy and purity when the data a
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+from train_classifiers import fit
 
 from potstill.backbones.audio_autoencoder import AudioAutoencoder, AudioAutoencoderOptions
 from potstill.core import registry as reg
@@ -25,7 +25,7 @@ from potstill.modalities.audio_scores import tone_scores
 
 def train_audio_codec(config_path: Path, out: Path, steps: int, batch: int, lr: float, latent_channels: int,
                       hidden: int, hop: int, overrides: list[str], seed: int = 0) -> dict[str, float]:
-    """Fit the autoencoder (as many channels as the clips) to the config's real clips (AdamW, cosine decay),
+    """Fit the autoencoder (as many channels as the clips) to the config's real clips (the classifiers' AdamW loop),
     write it to `out` atomically and return its round-trip scores on a fresh batch."""
     torch.manual_seed(seed)
     config = load_teacher_config(config_path, overrides)
@@ -33,18 +33,12 @@ def train_audio_codec(config_path: Path, out: Path, steps: int, batch: int, lr: 
     data = entry.builder(config.real_data.options, DataContext(config, PlainEngine(PlainOptions("cpu"))))
     channels = int(data.next(1)[0].shape[1])
     model = AudioAutoencoder(AudioAutoencoderOptions(channels, latent_channels, hidden, hop))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps, eta_min=lr * 0.05)
-    begin = time.perf_counter()
-    for step in range(steps):
+
+    def batch_loss() -> torch.Tensor:
         clips, _ = data.next(batch)
-        loss = model.reconstruction_loss(clips.float())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        if step % 250 == 0 or step == steps - 1:
-            print(f"codec step {step} loss {loss.item():.5f} ({time.perf_counter() - begin:.0f} s)", flush=True)
+        return model.reconstruction_loss(clips.float())
+
+    fit(model, steps, lr, batch_loss, "codec")
     model.eval()
     clips, labels = data.next(256)
     with torch.no_grad():

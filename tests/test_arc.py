@@ -13,7 +13,9 @@ from potstill.core.adversarial.relativistic import (
     RelativisticDiscriminator,
     mismatched_conditions,
 )
+from potstill.core.config import ConfigError
 from potstill.core.denoiser import Denoiser
+from potstill.core.from_teacher import DenoiserGeneratorOptions
 from potstill.core.generator import DenoiserGenerator, NoisedRealGenerator
 from potstill.core.samplers import solve
 from potstill.core.schedules import FlowSchedule
@@ -161,6 +163,35 @@ def test_pure_noise_inputs_when_gen_t_is_one():
     torch.rand(BATCH, dtype=torch.float64)
     noise = torch.randn_like(real)
     assert torch.allclose(out, network.x0(noise, torch.ones(BATCH, dtype=torch.float64), cond), rtol=1e-10)
+
+
+def test_condition_dropout_drops_labels_on_generator_steps_only():
+    """Under grad (the generator's own step) each label is replaced by the null class with the configured
+    probability, drawn after t and before the noise; the critic's no-grad pass keeps every label."""
+    network = tiny_network()
+    student = NoisedRealGenerator(network, [1.0], TimeOptions(t_low=0.0, t_high=1.0, t_grid=0),
+                                  condition_dropout=0.5)
+    seen = []
+    student.denoise = lambda x_t, t, cond: seen.append(cond) or x_t
+    real = torch.zeros(400, 1, 8, dtype=torch.float64)
+    cond = torch.arange(400) % CLASSES
+    with torch.no_grad():
+        student(real, cond)
+    torch.manual_seed(4)
+    student(real.requires_grad_(True), cond)
+    torch.manual_seed(4)
+    torch.rand(400, dtype=torch.float64)
+    dropped = torch.rand(400) < 0.5
+    assert torch.equal(seen[0], cond)
+    assert torch.equal(seen[1], torch.where(dropped, torch.full_like(cond, CLASSES), cond))
+    assert 150 < int(dropped.sum()) < 250
+
+
+def test_condition_dropout_is_for_noised_real_students():
+    with pytest.raises(ConfigError, match=r"generator\.condition_dropout: only a student of noised real samples"):
+        DenoiserGeneratorOptions(condition_dropout=0.1)
+    with pytest.raises(ConfigError, match=r"generator\.condition_dropout: must be in \[0, 1\)"):
+        DenoiserGeneratorOptions(inputs="real", condition_dropout=1.0)
 
 
 def test_one_pingpong_step_is_the_one_step_x0_and_more_steps_renoise():
