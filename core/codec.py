@@ -53,7 +53,19 @@ def build_codec(component: Component | None, context: Any, teacher: Any = None) 
     if component is None:
         return None
     codec = reg.CODECS.get(component.kind, "codec.kind").builder(component.options, context)
+    if teacher is not None:
+        check_codec_fits(codec, tuple(teacher.sample_shape), component.kind)
     return codec.eval().requires_grad_(False)
+
+
+def check_codec_fits(codec: Codec, teacher_shape: tuple[int, ...], kind: str) -> None:
+    """Refuse a codec whose samples are not the teacher's: decoding the teacher's sample shape and encoding it
+    again must give it back (a waveform teacher under a mel codec does not)."""
+    data_shape = codec.data_shape(teacher_shape)
+    if codec.sample_shape(data_shape) != teacher_shape:
+        raise ValueError(f"codec.kind: the teacher's samples are {list(teacher_shape)}, which codec {kind!r} does not "
+                         "make from any data; a teacher trained through a codec records it in its file (leave "
+                         "codec null), another needs the codec it was trained with, or none")
 
 
 def codec_metadata(component: Component | None) -> dict | None:

@@ -121,3 +121,11 @@ def test_a_teacher_trained_through_a_codec_distils_and_writes_clips(representati
     assert rate == 8000 and audio.shape == (512, 1)
     main(["sample", str(run), "--n", "2", "--out", str(tmp_path / "x.pt")])
     assert torch.load(tmp_path / "x.pt").shape == (2, 1, 512)
+
+
+def test_a_codec_the_teacher_was_not_trained_through_is_refused(tmp_path, capsys):
+    teacher = train_teacher_through(tmp_path / "teacher", [])
+    with pytest.raises(SystemExit):
+        main(["distill", str(AUDIO / "tones_dmd2.yaml"), "--out", str(tmp_path / "run"), "--set",
+              f"teacher.checkpoint={teacher}", *QUICK, *TINY_MEL])
+    assert "codec.kind: the teacher's samples are [1, 512], which codec 'mel' does not make" in capsys.readouterr().err
