@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from potstill.core import registry as reg
-from potstill.core.config import Component, load_component, to_dict
+from potstill.core.config import Component, load_component
 from potstill.core.modality import Modality
 from potstill.core.real_data import RealData
 
@@ -68,11 +68,6 @@ def check_codec_fits(codec: Codec, teacher_shape: tuple[int, ...], kind: str) ->
                          "codec null), another needs the codec it was trained with, or none")
 
 
-def codec_metadata(component: Component | None) -> dict | None:
-    """The `codec` entry of a teacher file's metadata: what `build_codec` rebuilds it from."""
-    return to_dict(component) if component is not None else None
-
-
 class EncodedRealData(RealData):
     """A real-data stream whose samples are encoded by `codec` as they are drawn; state and counters are the
     stream's own."""
@@ -83,8 +78,9 @@ class EncodedRealData(RealData):
 
     @torch.no_grad()
     def next(self, n: int):
+        """The samples come back on the codec's device (the engine's), where every caller moves them anyway."""
         data, cond = self.source.next(n)
-        return self.codec.encode(data.to(self.codec.device).float()).to(data.device), cond
+        return self.codec.encode(data.to(self.codec.device).float()), cond
 
     def state_dict(self) -> dict:
         return self.source.state_dict()

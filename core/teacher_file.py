@@ -31,7 +31,12 @@ PREDICTIONS = ("x0", "eps", "v", "flow", "edm")
 def teacher_data(teacher, kind: str) -> dict | None:
     """The `data` section of a trained teacher's file (its `kind` key removed) when that data was `kind`, else None
     (another dataset, or a teacher without a file)."""
-    data = (getattr(teacher, "metadata", None) or {}).get("data") or {}
+    return metadata_data(getattr(teacher, "metadata", None) or {}, kind)
+
+
+def metadata_data(metadata: dict, kind: str) -> dict | None:
+    """`teacher_data` of a teacher file's metadata as read, before any teacher is built."""
+    data = metadata.get("data") or {}
     return {k: v for k, v in data.items() if k != "kind"} if data.get("kind") == kind else None
 
 

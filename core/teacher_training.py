@@ -9,7 +9,7 @@ from pathlib import Path
 
 from potstill.core import checkpoint as ckpt
 from potstill.core import registry as reg
-from potstill.core.codec import EncodedRealData, build_codec, codec_metadata
+from potstill.core.codec import EncodedRealData, build_codec
 from potstill.core.config import TrainConfig, read_yaml, to_dict
 from potstill.core.config_changes import check_resume_changes, record_changes, write_config_file
 from potstill.core.denoiser import Denoiser, drop_conditions
@@ -63,8 +63,9 @@ class TeacherTrainer(StepLoop):
         self.engine = PlainEngine(PlainOptions(t.device), TrainConfig(steps=t.steps, batch_size=t.batch_size,
                                                                       seed=t.seed))
         dataset = reg.DATASETS.get(config.real_data.kind, "real_data.kind")
-        self.real_data = dataset.builder(config.real_data.options, DataContext(config, self.engine))
-        self.codec = build_codec(config.codec, DataContext(config, self.engine))
+        context = DataContext(config, self.engine)
+        self.real_data = dataset.builder(config.real_data.options, context)
+        self.codec = build_codec(config.codec, context)
         if self.codec is not None:
             self.real_data = EncodedRealData(self.real_data, self.codec.to(self.engine.device))
         self.backbone_options = sized_to_data(config.backbone.options, self.real_data)
@@ -151,7 +152,7 @@ class TeacherTrainer(StepLoop):
         return {"backbone": c.backbone.kind, "backbone_options": options_dict(self.backbone_options),
                 "schedule": c.schedule.kind, "schedule_options": options_dict(c.schedule.options),
                 "prediction": c.prediction, "sigma_data": c.sigma_data, "sample_shape": list(self.model.sample_shape),
-                "num_classes": self.num_classes, "data": to_dict(c.real_data), "codec": codec_metadata(c.codec),
+                "num_classes": self.num_classes, "data": to_dict(c.real_data), "codec": to_dict(c.codec),
                 "trained_steps": self.step}
 
     def write_teacher(self) -> Path:

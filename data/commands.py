@@ -67,14 +67,15 @@ def _digits(args) -> None:
 
 
 def _tones(args) -> None:
-    from potstill.core.teacher_file import read_teacher_file
-    from potstill.data.tones import TonesOptions, export_tones
+    from potstill.core.teacher_file import metadata_data, read_teacher_file
+    from potstill.data.tones import export_tones, law_of_data
 
     _, metadata = read_teacher_file(args.teacher, "--teacher")
-    data = metadata.get("data") or {}
-    if data.get("kind") != "tones":
-        raise ValueError(f"--teacher {args.teacher}: was not trained on tones (its data: {data.get('kind')!r})")
-    law = TonesOptions().resolved({k: v for k, v in data.items() if k != "kind"})
+    data = metadata_data(metadata, "tones")
+    if data is None:
+        kind = (metadata.get("data") or {}).get("kind")
+        raise ValueError(f"--teacher {args.teacher}: was not trained on tones (its data: {kind!r})")
+    law = law_of_data(data)
     count = export_tones(Path(args.out_dir), law, args.n, args.seed)
     print(f"wrote {count} clips of {law.length} samples at {law.sample_rate} Hz (wav, cls) to {args.out_dir}; pack "
           f"them with `potstill data pack {args.out_dir} OUT_DIR/tones-%06d.tar --maxcount 500`")

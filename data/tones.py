@@ -14,7 +14,7 @@ from pathlib import Path
 import soundfile
 import torch
 
-from potstill.core.config import ConfigError
+from potstill.core.config import ConfigError, from_dict
 from potstill.core.real_data import SeededStream
 from potstill.core.registry import DATASETS
 from potstill.core.teacher_file import teacher_data
@@ -118,6 +118,11 @@ def tone_clips(n: int, options: TonesOptions, generator: torch.Generator) -> tup
         clips[rows] = torch.einsum("p,npl->nl", amplitudes / amplitudes.sum(), angle.cos())
     clips = clips * gains[:, None]
     return clips.float()[:, None].expand(n, o.channels, o.length).contiguous(), labels
+
+
+def law_of_data(data: dict) -> TonesOptions:
+    """The resolved law a teacher file's tones `data` section records (as `teacher_data` returns it)."""
+    return from_dict(TonesOptions, data, "teacher metadata data").resolved()
 
 
 def tones_stream(options: TonesOptions) -> SeededStream:

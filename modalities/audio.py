@@ -13,12 +13,12 @@ from einops import rearrange
 from torchvision.utils import make_grid, save_image
 
 from potstill.backbones.audio_classifier import AudioClassifier
-from potstill.core.config import ConfigError, from_dict
+from potstill.core.config import ConfigError
 from potstill.core.modality import FOLDER, Modality, noise_and_labels
 from potstill.core.registry import MODALITIES
 from potstill.core.teacher_file import teacher_data
 from potstill.core.weights import load_frozen
-from potstill.data.tones import TonesOptions, tone_clips
+from potstill.data.tones import TonesOptions, law_of_data, tone_clips
 from potstill.modalities.audio_scores import tone_scores
 from potstill.modalities.frechet import frechet_distance, gaussian_stats
 from potstill.modalities.image import is_labels
@@ -47,7 +47,7 @@ class AudioOptions:
 def tones_law_of(teacher) -> TonesOptions | None:
     """The tones law in the teacher file's `data` section, or None for a teacher trained on other data."""
     data = teacher_data(teacher, "tones")
-    return None if data is None else from_dict(TonesOptions, data, "teacher metadata data").resolved()
+    return None if data is None else law_of_data(data)
 
 
 def check_finite(samples: torch.Tensor, path: Path) -> None:
