@@ -1,7 +1,7 @@
 """`potstill demo audio`: ARC post-training of the shipped tones teacher into a few-step student, then the student
-at 1, 2 and 4 ping-pong steps beside the teacher's ODE sampler at NFE 1 to 32 (pitch accuracy and spectral purity,
-exact; FAD-toy; milliseconds per clip and the real-time factor), and a folder of the student's clips as wav at
-its own 4 steps."""
+at 1, 2 and 4 ping-pong steps beside the teacher's ODE sampler at NFE 1 to 32 (pitch accuracy, spectral purity and
+partial spread, exact; FAD-toy; milliseconds per clip and the real-time factor), and a folder of the student's
+clips as wav at its own 4 steps."""
 
 from __future__ import annotations
 
@@ -31,12 +31,12 @@ def real_time_factor(metrics: dict, seconds_per_clip: float) -> float:
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = ["| model | NFE | pitch accuracy (mean / min) | purity (mean / min) | FAD-toy | ms per clip | "
-             "real-time factor |", "|---|---|---|---|---|---|---|"]
+    lines = ["| model | NFE | pitch accuracy (mean / min) | purity (mean / min) | partial spread | FAD-toy | "
+             "ms per clip | real-time factor |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        fad = f"{r['fad_toy']:.3f}" if "fad_toy" in r else "-"
+        spread, fad = (f"{r[k]:.3f}" if k in r else "-" for k in ("partial_spread", "fad_toy"))
         lines.append(f"| {r['model']} | {r['nfe']} | {r['pitch_accuracy']:.3f} / {r['pitch_accuracy_min']:.3f} | "
-                     f"{r['purity']:.3f} / {r['purity_min']:.3f} | {fad} | {r['ms_per_sample']:.2f} | "
+                     f"{r['purity']:.3f} / {r['purity_min']:.3f} | {spread} | {fad} | {r['ms_per_sample']:.2f} | "
                      f"{r['real_time_factor']:.0f} |")
     return "\n".join(lines)
 

@@ -27,7 +27,7 @@ from potstill.runs import open_run
 RESULTS = Path(__file__).resolve().parent / "results"
 TEACHER_NFE = [1, 2, 4, 8, 16, 32, 64]
 STUDENT_STEPS = [1, 2, 4]
-SCORES = ("pitch_accuracy", "pitch_accuracy_min", "purity", "purity_min", "fad_toy")
+SCORES = ("pitch_accuracy", "pitch_accuracy_min", "purity", "purity_min", "partial_spread", "fad_toy")
 
 
 def fixed_inputs(distiller, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,12 +69,12 @@ def markdown(results: dict) -> str:
     lines = [f"Run {results['run']}; device {results['device']}, torch {results['torch']}, {results['threads']} "
              f"threads; {results['n']} clips of {results['clip_seconds']:.3f} s at {results['sample_rate']} Hz, the "
              f"same conditions and noise for every row; wall time best of {results['repeats']}.", "",
-             "| sampler | NFE | pitch accuracy (mean / min) | purity (mean / min) | FAD-toy | real-time factor |",
-             "|---|---|---|---|---|---|"]
+             "| sampler | NFE | pitch accuracy (mean / min) | purity (mean / min) | partial spread | FAD-toy | "
+             "real-time factor |", "|---|---|---|---|---|---|---|"]
     for row in results["teacher"] + results["student"]:
         lines.append(f"| {row['sampler']} | {row['nfe']} | {row['pitch_accuracy']:.3f} / "
                      f"{row['pitch_accuracy_min']:.3f} | {row['purity']:.3f} / {row['purity_min']:.3f} | "
-                     f"{row['fad_toy']:.3f} | {row['real_time_factor']:.0f} |")
+                     f"{row['partial_spread']:.3f} | {row['fad_toy']:.3f} | {row['real_time_factor']:.0f} |")
     lines += ["", "| student steps | teacher NFE at equal FAD-toy | speed-up at equal quality |", "|---|---|---|"]
     for row in results["speedup"]:
         nfe = row["teacher_nfe"] if row["teacher_nfe"] is not None else f"> {TEACHER_NFE[-1]}"

@@ -1,12 +1,17 @@
 """Exact scores of clips against the tones law (data/tones.py): a real clip's rFFT over its whole window has energy
 only on its class's bins, so `purity` (energy on those bins / all energy) is 1 on real clips and `pitch_accuracy`
-(the class's m fundamentals are the clip's m strongest bins) is 1 on real clips whatever the phases and gains."""
+(the class's m fundamentals are the clip's m strongest bins) is 1 on real clips whatever the phases and gains.
+Every partial of a real clip has its harmonic weight times the clip's one gain, so `partial_spread` (the spread of
+amplitude / weight across a clip's partials) is 0 on real clips and about 0.5 under a Gaussian law on the same bins
+(independent Rayleigh amplitudes): it scores the amplitude law that pitch and purity only glimpse."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 import torch
 
-from potstill.data.tones import TonesOptions, class_bins
+from potstill.data.tones import TonesOptions, class_bins, partials
 
 EPS = 1e-20
 
@@ -33,11 +38,33 @@ def pitches_correct(power: torch.Tensor, labels: torch.Tensor, law: TonesOptions
     return correct
 
 
+def lone_partials(fundamentals: list[int], harmonics: list[float]) -> tuple[list[int], torch.Tensor]:
+    """The bins of a class's partials that share their bin with no other partial, and their harmonic weights."""
+    waves = partials(fundamentals, harmonics)
+    on_bin = Counter(b for b, _ in waves)
+    lone = [(b, a) for b, a in waves if on_bin[b] == 1 and a > 0]
+    return [b for b, _ in lone], torch.tensor([a for _, a in lone], dtype=torch.float64)
+
+
+def partial_spreads(power: torch.Tensor, labels: torch.Tensor, law: TonesOptions) -> torch.Tensor:
+    """[B]: std / mean, over the clip's class's lone partials, of amplitude / harmonic weight (0 on real clips);
+    NaN for a class with fewer than two lone partials."""
+    spread = torch.full((len(labels),), float("nan"), dtype=torch.float64)
+    for c, fundamentals in enumerate(law.classes):
+        rows = (labels == c).nonzero().flatten()
+        bins, weights = lone_partials(fundamentals, law.harmonics)
+        if len(rows) and len(bins) > 1:
+            gains = power[rows][:, bins].sqrt() / weights
+            spread[rows] = gains.std(1) / gains.mean(1).clamp(min=EPS)
+    return spread
+
+
 def tone_scores(clips: torch.Tensor, labels: torch.Tensor | None, law: TonesOptions) -> dict[str, float]:
-    """`pitch_accuracy` and its worst class, `purity` (on the intended class's bins) and its worst class, and
-    `impurity` = 1 - purity. Unconditional clips are scored against the class they fit best: among the classes
-    whose fundamentals are its strongest bins the purest, else the purest of all (a note's bins lie inside a chord's,
-    so purity alone would call every note a chord)."""
+    """`pitch_accuracy` and its worst class, `purity` (on the intended class's bins) and its worst class,
+    `impurity` = 1 - purity, and `partial_spread` (over the clips whose class has two lone partials). Unconditional
+    clips are scored against the class they fit best: among the classes whose fundamentals are its strongest bins the
+    purest, else the purest of all (a note's bins lie inside a chord's, so purity alone would call every note a
+    chord)."""
     power = power_spectrum(clips)
     share = purities(power, law)
     if labels is None:
@@ -48,8 +75,10 @@ def tone_scores(clips: torch.Tensor, labels: torch.Tensor | None, law: TonesOpti
     correct = pitches_correct(power, labels, law).double()
     purity = share.gather(1, labels[:, None])[:, 0]
     present = [c for c in range(len(law.classes)) if (labels == c).any()]
+    spread = partial_spreads(power, labels, law)
+    spread_scores = {"partial_spread": float(spread.nanmean())} if not spread.isnan().all() else {}
     return {"pitch_accuracy": float(correct.mean()),
             "pitch_accuracy_min": min(float(correct[labels == c].mean()) for c in present),
             "purity": float(purity.mean()),
             "purity_min": min(float(purity[labels == c].mean()) for c in present),
-            "impurity": 1.0 - float(purity.mean())}
+            "impurity": 1.0 - float(purity.mean()), **spread_scores}

@@ -47,6 +47,26 @@ def test_noise_wrong_class_and_detuning_are_scored_down():
     assert tone_scores(detuned, torch.zeros(8, dtype=torch.long), LAW)["purity"] < 0.5
 
 
+def test_partial_spread_is_zero_on_real_clips_and_about_a_half_under_a_gaussian_law():
+    clips, labels = draw(400)
+    assert tone_scores(clips, labels, LAW)["partial_spread"] < 1e-4
+    spectrum = torch.fft.rfft(clips[:, 0].double(), dim=-1)
+    generator = torch.Generator().manual_seed(2)
+    rayleigh = spectrum.abs() * torch.randn(spectrum.shape, generator=generator, dtype=torch.complex128)
+    gaussian = torch.fft.irfft(rayleigh, n=LAW.length, dim=-1)[:, None]      # same bins, independent amplitudes
+    scores = tone_scores(gaussian, labels, LAW)
+    assert 0.35 < scores["partial_spread"] < 0.65 and scores["purity"] == pytest.approx(1.0, abs=1e-9)
+
+
+def test_partial_spread_leaves_out_partials_that_share_a_bin():
+    law = TonesOptions(classes=[[10, 15]], harmonics=[1.0, 0.5, 0.25]).resolved()     # 3 x 10 = 2 x 15
+    clips, labels = draw(4, law)
+    louder = clips + 0.3 * torch.cos(2 * math.pi * 30 * torch.arange(law.length) / law.length)   # on the shared bin
+    assert tone_scores(louder, labels, law)["partial_spread"] < 1e-4
+    lone_tone = TonesOptions(classes=[[10]], harmonics=[1.0]).resolved()
+    assert "partial_spread" not in tone_scores(*draw(4, lone_tone), lone_tone)
+
+
 def test_unconditional_clips_are_scored_against_their_best_fitting_class():
     clips, _ = draw(100)
     scores = tone_scores(clips, None, LAW)
