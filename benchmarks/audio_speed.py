@@ -72,9 +72,10 @@ def markdown(results: dict) -> str:
              "| sampler | NFE | pitch accuracy (mean / min) | purity (mean / min) | partial spread | FAD-toy | "
              "real-time factor |", "|---|---|---|---|---|---|---|"]
     for row in results["teacher"] + results["student"]:
+        spread = f"{row['partial_spread']:.3f}" if "partial_spread" in row else "-"   # a law with no lone partials
         lines.append(f"| {row['sampler']} | {row['nfe']} | {row['pitch_accuracy']:.3f} / "
                      f"{row['pitch_accuracy_min']:.3f} | {row['purity']:.3f} / {row['purity_min']:.3f} | "
-                     f"{row['partial_spread']:.3f} | {row['fad_toy']:.3f} | {row['real_time_factor']:.0f} |")
+                     f"{spread} | {row['fad_toy']:.3f} | {row['real_time_factor']:.0f} |")
     lines += ["", "| student steps | teacher NFE at equal FAD-toy | speed-up at equal quality |", "|---|---|---|"]
     for row in results["speedup"]:
         nfe = row["teacher_nfe"] if row["teacher_nfe"] is not None else f"> {TEACHER_NFE[-1]}"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -44,9 +45,10 @@ def class_scores(clips: torch.Tensor, label: int, law: TonesOptions, noise_ampli
     power = power_spectrum(clips)
     labels = torch.full((len(clips),), label)
     loudest_is_fundamental = torch.isin(power.argmax(1), torch.tensor(fundamentals))
+    spread = partial_spreads(power, labels, law)
     scores = {"pitch_accuracy": float(pitches_correct(power, labels, law).double().mean()),
               "strongest_is_fundamental": float(loudest_is_fundamental.double().mean()),
-              "partial_spread": float(partial_spreads(power, labels, law).mean())}
+              **({} if spread.isnan().all() else {"partial_spread": float(spread.mean())})}
     if noise_amplitude is not None:
         out = power[:, fundamentals].sqrt()
         scores["noise_correlation"] = float(torch.stack(
@@ -64,8 +66,7 @@ def measure(teacher_file: str, n: int, nfe: int) -> dict:
     codec = build_codec(None, None, teacher)
     rows = []
     for label, fundamentals in enumerate(law.classes):
-        real, _ = tone_clips(n, TonesOptions(**{**law.__dict__, "classes": [fundamentals]}),
-                             torch.Generator().manual_seed(label))
+        real, _ = tone_clips(n, replace(law, classes=[fundamentals]), torch.Generator().manual_seed(label))
         noise = torch.randn(n, *teacher.sample_shape, generator=torch.Generator().manual_seed(100 + label))
         samples = sample(teacher, noise, torch.full((n,), label), nfe)
         clips = codec.decode(samples) if codec is not None else samples
@@ -79,8 +80,7 @@ def measure(teacher_file: str, n: int, nfe: int) -> dict:
 
 
 def cell(scores: dict, key: str) -> str:
-    value = scores.get(key)
-    return "" if value is None or value != value else f"{value:.3f}"
+    return f"{scores[key]:.3f}" if key in scores else ""
 
 
 def markdown(results: dict) -> str:
