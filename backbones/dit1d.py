@@ -20,18 +20,18 @@ from potstill.core.registry import BACKBONES
 
 @dataclass
 class DiT1DOptions:
-    """`input_size` is the signal's length T (null: read from the data by train-teacher); T must be a whole number
-    of `patch_size` patches."""
+    """`input_size` is the signal's length T, `in_channels` its channels and `num_classes` its class count (null:
+    read from the data by train-teacher); T must be a whole number of `patch_size` patches."""
 
     input_size: int | None = 1024
     patch_size: int = 8
-    in_channels: int = 1
+    in_channels: int | None = 1
     hidden_size: int = 96
     depth: int = 4
     num_heads: int = 4
     mlp_ratio: float = 4.0
     class_dropout_prob: float = 0.1
-    num_classes: int = 8
+    num_classes: int | None = 8
     text_dim: int = 0
     rope_theta: float = 10000.0
 

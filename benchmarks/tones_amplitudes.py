@@ -4,7 +4,8 @@ and the pitch is always right. Two reference rows bracket the teacher: the real 
 real clips' mean power on the same bins (random complex coefficients, the law a linear denoiser learns), whose
 partials have independent Rayleigh amplitudes. `noise_correlation`, for the teacher's ODE, is the correlation
 between a fundamental's amplitude in the sample and in the noise it came from (1 for a linear flow, lower where
-the shared gain couples the partials).
+the shared gain couples the partials; waveform teachers only, a codec's noise has no bins). `gain_distance`
+scores the law of the clips' one gain (modalities/audio_scores.py).
 
     python benchmarks/tones_amplitudes.py [TEACHER_FILE] [--n 128] [--nfe 32] [--threads 2]
 
@@ -25,7 +26,13 @@ from potstill.core.samplers import sample
 from potstill.core.teacher_file import build_trained_denoiser
 from potstill.data.tones import TonesOptions, tone_clips
 from potstill.modalities.audio import tones_law_of
-from potstill.modalities.audio_scores import partial_spreads, pitches_correct, power_spectrum
+from potstill.modalities.audio_scores import (
+    clip_gains,
+    gain_distance,
+    partial_spreads,
+    pitches_correct,
+    power_spectrum,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -46,9 +53,11 @@ def class_scores(clips: torch.Tensor, label: int, law: TonesOptions, noise_ampli
     labels = torch.full((len(clips),), label)
     loudest_is_fundamental = torch.isin(power.argmax(1), torch.tensor(fundamentals))
     spread = partial_spreads(power, labels, law)
+    gains = clip_gains(power, labels, law)
     scores = {"pitch_accuracy": float(pitches_correct(power, labels, law).double().mean()),
               "strongest_is_fundamental": float(loudest_is_fundamental.double().mean()),
-              **({} if spread.isnan().all() else {"partial_spread": float(spread.mean())})}
+              **({} if spread.isnan().all() else {"partial_spread": float(spread.mean())}),
+              **({} if gains.isnan().all() else {"gain_distance": gain_distance(gains, law)})}
     if noise_amplitude is not None:
         out = power[:, fundamentals].sqrt()
         scores["noise_correlation"] = float(torch.stack(
@@ -87,13 +96,14 @@ def markdown(results: dict) -> str:
     lines = [f"Teacher {results['teacher_file']}; {results['n']} clips a class, ODE at NFE {results['nfe']}; "
              f"harmonics {results['harmonics']}, gain {results['gain']}.", "",
              "| class | fundamentals | law | pitch accuracy | strongest bin a fundamental | partial spread | "
-             "noise correlation |", "|---|---|---|---|---|---|---|"]
+             "gain distance | noise correlation |", "|---|---|---|---|---|---|---|---|"]
     for row in results["classes"]:
         for law in ("real", "gaussian_law", "teacher"):
             s = row[law]
             lines.append(f"| {row['class']} | {row['fundamentals']} | {law.replace('_', ' ')} | "
                          f"{cell(s, 'pitch_accuracy')} | {cell(s, 'strongest_is_fundamental')} | "
-                         f"{cell(s, 'partial_spread')} | {cell(s, 'noise_correlation')} |")
+                         f"{cell(s, 'partial_spread')} | {cell(s, 'gain_distance')} | "
+                         f"{cell(s, 'noise_correlation')} |")
     return "\n".join(lines) + "\n"
 
 

@@ -42,11 +42,12 @@ class RealData(ABC):
 
 class SeededStream(RealData):
     """Endless samples `draw(n, generator)` from one seeded torch generator, whose state alone resumes the stream
-    exactly (the synthetic laws: moving digits, tones); `options` is the resolved law it draws from."""
+    exactly (the synthetic laws: moving digits, tones); `options` is the resolved law it draws from, `num_classes`
+    its class count where it has labels and says so."""
 
     def __init__(self, draw: Callable[[int, torch.Generator], tuple[torch.Tensor, Any]], seed: int,
-                 options: Any = None) -> None:
-        self.draw, self.options = draw, options
+                 options: Any = None, num_classes: int | None = None) -> None:
+        self.draw, self.options, self.num_classes = draw, options, num_classes
         self.generator = torch.Generator().manual_seed(seed)
 
     def next(self, n: int) -> tuple[torch.Tensor, Any]:

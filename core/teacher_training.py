@@ -41,12 +41,25 @@ def options_dict(options) -> dict:
 
 
 def sized_to_data(options, real_data):
-    """The backbone's options with a null `input_size` set to the data's frame or image side (read from one
-    sample, drawn before any state is saved or loaded), so `--set real_data.canvas=16` needs nothing else."""
-    if getattr(options, "input_size", 0) is not None:
+    """The backbone's options with a null `input_size` set to the data's frame or image side, a null `in_channels`
+    to its channels (both read from one sample, drawn before any state is saved or loaded) and a null
+    `num_classes` to the data's class count, so `--set real_data.canvas=16` or new tone classes need nothing
+    else."""
+    unset = [key for key in ("input_size", "in_channels", "num_classes")
+             if hasattr(options, key) and getattr(options, key) is None]
+    if not unset:
         return options
-    sample, _ = real_data.next(1)
-    return replace(options, input_size=int(sample.shape[-1]))
+    sizes = {}
+    if "num_classes" in unset:
+        sizes["num_classes"] = getattr(real_data, "num_classes", None)
+        if sizes["num_classes"] is None:
+            raise ValueError("backbone.num_classes: null takes the class count from the data, and this real_data "
+                             "source does not give one; set it")
+    if {"input_size", "in_channels"} & set(unset):
+        sample, _ = real_data.next(1)
+        sizes |= {key: int(sample.shape[index]) for key, index in (("input_size", -1), ("in_channels", 1))
+                  if key in unset}
+    return replace(options, **sizes)
 
 
 class TeacherTrainer(StepLoop):
@@ -71,7 +84,7 @@ class TeacherTrainer(StepLoop):
         self.backbone_options = sized_to_data(config.backbone.options, self.real_data)
         backbone = reg.BACKBONES.get(config.backbone.kind, "backbone.kind").builder(self.backbone_options)
         schedule = reg.SCHEDULES.get(config.schedule.kind, "schedule.kind").builder(config.schedule.options)
-        self.num_classes = int(getattr(config.backbone.options, "num_classes", 0) or 0)
+        self.num_classes = int(getattr(self.backbone_options, "num_classes", 0) or 0)
         self._check_label_dropout()
         self.model = Denoiser(backbone, schedule, config.prediction, config.sigma_data, (), self.num_classes)
         self.model.to(self.engine.device)

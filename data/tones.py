@@ -127,7 +127,7 @@ def law_of_data(data: dict) -> TonesOptions:
 
 def tones_stream(options: TonesOptions) -> SeededStream:
     """Endless clips of a resolved law, resumable exactly."""
-    return SeededStream(lambda n, g: tone_clips(n, options, g), options.seed, options)
+    return SeededStream(lambda n, g: tone_clips(n, options, g), options.seed, options, len(options.classes))
 
 
 @DATASETS.register("tones", TonesOptions)

@@ -3,7 +3,10 @@ only on its class's bins, so `purity` (energy on those bins / all energy) is 1 o
 (the class's m fundamentals are the clip's m strongest bins) is 1 on real clips whatever the phases and gains.
 Every partial of a real clip has its harmonic weight times the clip's one gain, so `partial_spread` (the spread of
 amplitude / weight across a clip's partials) is 0 on real clips and about 0.5 under a Gaussian law on the same bins
-(independent Rayleigh amplitudes): it scores the amplitude law that pitch and purity only glimpse."""
+(independent Rayleigh amplitudes): it scores the amplitude law that pitch and purity only glimpse. `gain_distance`
+scores the law of the one gain: the Wasserstein-1 distance between the clips' gains (read off their lone partials)
+and the law's uniform gain (0 on real clips but for sampling; a teacher that gives every clip the mean gain scores
+a quarter of the gain range)."""
 
 from __future__ import annotations
 
@@ -59,9 +62,33 @@ def partial_spreads(power: torch.Tensor, labels: torch.Tensor, law: TonesOptions
     return spread
 
 
+def clip_gains(power: torch.Tensor, labels: torch.Tensor, law: TonesOptions) -> torch.Tensor:
+    """[B]: each clip's gain, the mean over its class's lone partials of amplitude / relative weight (a partial
+    c cos(2 pi b t / T + phi) has |rFFT| = c T / 2 on bin b); NaN for a class without a lone partial."""
+    gain = torch.full((len(labels),), float("nan"), dtype=torch.float64)
+    for c, fundamentals in enumerate(law.classes):
+        rows = (labels == c).nonzero().flatten()
+        bins, weights = lone_partials(fundamentals, law.harmonics)
+        if len(rows) and bins:
+            total_weight = sum(a for _, a in partials(fundamentals, law.harmonics))
+            amplitude = (power[rows][:, bins] / law.channels).sqrt() * 2 / law.length
+            gain[rows] = (amplitude * total_weight / weights).mean(1)
+    return gain
+
+
+def gain_distance(gains: torch.Tensor, law: TonesOptions) -> float:
+    """Wasserstein-1 distance between the empirical law of `gains` and uniform on `law.gain`: the mean gap between
+    the sorted gains and the uniform's quantiles at (i + 1/2) / n."""
+    ordered = gains[~gains.isnan()].sort().values
+    low, high = law.gain
+    quantiles = low + (high - low) * (torch.arange(len(ordered), dtype=torch.float64) + 0.5) / len(ordered)
+    return float((ordered - quantiles).abs().mean())
+
+
 def tone_scores(clips: torch.Tensor, labels: torch.Tensor | None, law: TonesOptions) -> dict[str, float]:
     """`pitch_accuracy` and its worst class, `purity` (on the intended class's bins) and its worst class,
-    `impurity` = 1 - purity, and `partial_spread` (over the clips whose class has two lone partials). Unconditional
+    `impurity` = 1 - purity, `partial_spread` (over the clips whose class has two lone partials) and `gain_distance`
+    (over those with one). Unconditional
     clips are scored against the class they fit best: among the classes whose fundamentals are its strongest bins the
     purest, else the purest of all (a note's bins lie inside a chord's, so purity alone would call every note a
     chord)."""
@@ -77,6 +104,9 @@ def tone_scores(clips: torch.Tensor, labels: torch.Tensor | None, law: TonesOpti
     present = [c for c in range(len(law.classes)) if (labels == c).any()]
     spread = partial_spreads(power, labels, law)
     spread_scores = {"partial_spread": float(spread.nanmean())} if not spread.isnan().all() else {}
+    gains = clip_gains(power, labels, law)
+    if not gains.isnan().all():
+        spread_scores["gain_distance"] = gain_distance(gains, law)
     return {"pitch_accuracy": float(correct.mean()),
             "pitch_accuracy_min": min(float(correct[labels == c].mean()) for c in present),
             "purity": float(purity.mean()),

@@ -1,7 +1,7 @@
 """Train the `autoencoder` audio codec on a teacher config's real data and write its weights, so that teacher can
 then be trained on the latents (`--set codec.kind=autoencoder codec.path=FILE`).
 
-    python scripts/train_audio_codec.py configs/audio/tones_teacher.yaml --out codec.safetensors [--steps 2000]
+    python scripts/train_audio_codec.py configs/audio/tones_teacher_waveform.yaml --out codec.safetensors [--steps 2000]
         [--batch 32] [--lr 2e-3] [--latent-channels 8] [--hidden 64] [--hop 8] [--set KEY=VALUE ...]
 
 Prints the round trip's error, and its pitch accuracy and purity when the data are tones."""

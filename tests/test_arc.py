@@ -11,6 +11,7 @@ from potstill.core.adversarial.relativistic import (
     ARCOptions,
     ConvHead,
     RelativisticDiscriminator,
+    head_blocks,
     mismatched_conditions,
 )
 from potstill.core.config import ConfigError
@@ -45,7 +46,7 @@ def head_by_hand(head: ConvHead, tokens: torch.Tensor) -> torch.Tensor:
     """The conv head written out with functional calls on its own weights."""
     layers = list(head.net)
     x = tokens.transpose(1, 2)
-    for i in range(4):
+    for i in range(head.blocks):
         conv, norm = layers[3 * i], layers[3 * i + 1]
         x = F.silu(F.group_norm(F.conv1d(x, conv.weight, conv.bias, stride=2, padding=1), norm.num_groups,
                                 norm.weight, norm.bias, norm.eps))
@@ -80,6 +81,17 @@ def test_conv_head_matches_its_functional_form_and_gives_positions():
     scores = disc.head(tokens)
     assert scores.shape == (2, 128 // 16 - 3)
     assert torch.allclose(scores, head_by_hand(disc.head, tokens))
+
+
+def test_a_short_layer_gets_fewer_head_blocks_and_the_same_functional_form():
+    """The anchor's four stride-2 blocks from 64 tokens; 9 spectrogram frames take one, leaving one position."""
+    assert [head_blocks(n) for n in (7, 8, 9, 16, 63, 64, 1000)] == [0, 1, 1, 2, 3, 4, 4]
+    torch.manual_seed(2)
+    head = ConvHead(32, blocks=head_blocks(9)).double()
+    tokens = torch.randn(2, 9, 32, dtype=torch.float64)
+    scores = head(tokens)
+    assert scores.shape == (2, 1)
+    assert torch.allclose(scores, head_by_hand(head, tokens))
 
 
 @pytest.mark.parametrize("penalty", [0.0, 100.0])

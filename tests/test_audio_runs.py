@@ -10,6 +10,9 @@ import torch
 from audio_fixtures import AUDIO, train_tiny_tones_teacher
 
 from potstill.cli import main
+from potstill.core.teacher_file import read_teacher_file
+from potstill.demo_audio import CLIPS_PER_CLASS, write_clips
+from potstill.runs import open_run
 
 QUICK = ["train.steps=2", "train.batch_size=4", "train.log_every=1", "train.progress=false", "eval.n_samples=8",
          "eval.batch_size=8", "train.checkpoint_every=0", "modality.classifier=null"]
@@ -24,6 +27,15 @@ def distill(name, out, teacher_file, *extra):
     main(["distill", str(AUDIO / f"tones_{name}.yaml"), "--out", str(out), "--set",
           f"teacher.checkpoint={teacher_file}", *QUICK, *extra])
     return out
+
+
+def test_the_teacher_config_models_spectrograms_sized_by_the_clips_and_classes(tiny_teacher):
+    """`tones_teacher.yaml` at 512 samples in three classes: the spectrogram codec's 256 bins become the backbone's
+    channels and the three classes its labels, with no backbone setting changed."""
+    _, metadata = read_teacher_file(str(tiny_teacher))
+    assert metadata["codec"]["kind"] == "spectrogram"
+    assert metadata["sample_shape"] == [256, 9] and metadata["backbone_options"]["in_channels"] == 256
+    assert metadata["num_classes"] == metadata["backbone_options"]["num_classes"] == 3
 
 
 @pytest.mark.parametrize("name", ["arc", "dmd2", "sid"])
@@ -50,6 +62,15 @@ def test_samples_as_wav_folder_tensor_with_class_and_steps(tiny_teacher, tmp_pat
     assert clips.shape == (2, 1, 512) and clips.abs().max() <= 1
     main(["sample", str(run), "--n", "2", "--out", str(tmp_path / "x.wav")])
     assert soundfile.info(tmp_path / "x.wav").frames == 1024
+
+
+def test_the_demo_writes_decoded_clips_of_every_class(tiny_teacher, tmp_path):
+    run = distill("arc", tmp_path / "arc", tiny_teacher)
+    folder = write_clips(open_run(run, "cpu"), tmp_path / "clips")
+    wavs = sorted(folder.glob("*.wav"))
+    assert len(wavs) == 3 * CLIPS_PER_CLASS
+    audio, rate = soundfile.read(wavs[0], always_2d=True)
+    assert rate == 8000 and audio.shape == (512, 1)
 
 
 def test_arc_needs_real_generator_inputs_and_output_kinds_are_named(tiny_teacher, tmp_path, capsys):

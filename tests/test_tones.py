@@ -8,7 +8,7 @@ import torch
 
 from potstill.core.config import ConfigError
 from potstill.data.tones import TonesOptions, class_bins, tone_clips, tones_stream
-from potstill.modalities.audio_scores import power_spectrum, tone_scores
+from potstill.modalities.audio_scores import clip_gains, power_spectrum, tone_scores
 
 LAW = TonesOptions().resolved()
 
@@ -65,6 +65,18 @@ def test_partial_spread_leaves_out_partials_that_share_a_bin():
     assert tone_scores(louder, labels, law)["partial_spread"] < 1e-4
     lone_tone = TonesOptions(classes=[[10]], harmonics=[1.0]).resolved()
     assert "partial_spread" not in tone_scores(*draw(4, lone_tone), lone_tone)
+
+
+def test_clip_gains_read_back_the_gain_and_one_loudness_for_all_is_far_from_the_gain_law():
+    fixed = TonesOptions(gain=[0.7, 0.7]).resolved()
+    clips, labels = draw(64, fixed)
+    assert torch.allclose(clip_gains(power_spectrum(clips), labels, fixed), torch.tensor(0.7, dtype=torch.float64),
+                          atol=1e-5)
+    clips, labels = draw(2000)
+    assert tone_scores(clips, labels, LAW)["gain_distance"] < 0.01
+    rms = clips.pow(2).mean((1, 2), keepdim=True).sqrt()
+    level = tone_scores(clips / rms * 0.3, labels, LAW)      # every clip at one loudness: no gain law left
+    assert level["gain_distance"] > 0.1 and level["pitch_accuracy"] == 1.0
 
 
 def test_unconditional_clips_are_scored_against_their_best_fitting_class():

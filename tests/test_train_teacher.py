@@ -113,6 +113,9 @@ def test_config_errors_name_the_key(tmp_path):
         tiny_config("label_dropout=1.5")
     with pytest.raises(ValueError, match="label_dropout: the backbone has no null class"):
         TeacherTrainer(tiny_config("backbone.class_dropout_prob=0"), tmp_path)
+    counted = {**TINY, "backbone": {"kind": "dit1d", "num_classes": None}, "schedule": "flow", "prediction": "flow"}
+    with pytest.raises(ValueError, match=r"backbone\.num_classes: null takes the class count from the data"):
+        TeacherTrainer(load_teacher_config(data=counted), tmp_path / "counted")
 
 
 def test_nonfinite_loss_stops_naming_the_step(tmp_path):

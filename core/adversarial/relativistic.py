@@ -28,27 +28,34 @@ from potstill.core.denoiser import Denoiser
 from potstill.core.registry import ADVERSARIES
 from potstill.core.time_draws import TimeOptions, draw_times
 
-HEAD_DOWNSAMPLING = 16       # four stride-2 convolutions
+HEAD_BLOCKS = 4              # the anchor's stride-2 convolutions
 HEAD_KERNEL = 4
 
 
-class ConvHead(nn.Module):
-    """ARC's `conv` discriminator head: four [Conv1d(k4, s2, p1), GroupNorm, SiLU] blocks over the tokens of a layer
-    and a final Conv1d(k4) to one channel: [B, N, C] -> scores [B, N / 16 - 3]."""
+def head_blocks(tokens: int) -> int:
+    """The anchor's four stride-2 blocks, fewer where the layer is too short for them to leave the final
+    convolution its 4 positions (9 spectrogram frames take one); 0 where not even one fits."""
+    blocks = 0
+    while blocks < HEAD_BLOCKS and tokens // 2 ** (blocks + 1) >= HEAD_KERNEL:
+        blocks += 1
+    return blocks
 
-    def __init__(self, channels: int, hidden: int | None = None) -> None:
+
+class ConvHead(nn.Module):
+    """ARC's `conv` discriminator head: `blocks` [Conv1d(k4, s2, p1), GroupNorm, SiLU] blocks over the tokens of a
+    layer (the anchor's four, see `head_blocks`) and a final Conv1d(k4) to one channel:
+    [B, N, C] -> scores [B, N / 2^blocks - 3]."""
+
+    def __init__(self, channels: int, hidden: int | None = None, blocks: int = HEAD_BLOCKS) -> None:
         super().__init__()
         hidden = hidden or channels
         groups = math.gcd(32, hidden)
         layers: list[nn.Module] = []
-        for i in range(4):
+        for i in range(blocks):
             layers += [nn.Conv1d(channels if i == 0 else hidden, hidden, HEAD_KERNEL, stride=2, padding=1),
                        nn.GroupNorm(groups, hidden), nn.SiLU()]
-        self.net = nn.Sequential(*layers, nn.Conv1d(hidden, 1, HEAD_KERNEL))
-
-    @staticmethod
-    def least_tokens() -> int:
-        return HEAD_DOWNSAMPLING * HEAD_KERNEL
+        self.blocks = blocks
+        self.net = nn.Sequential(*layers, nn.Conv1d(hidden if blocks else channels, 1, HEAD_KERNEL))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return rearrange(self.net(rearrange(tokens, "b n c -> b c n")), "b 1 p -> b p")
@@ -102,11 +109,12 @@ class RelativisticDiscriminator(nn.Module):
     trains_fake_score = False
     pairs_real = True       # the generator loss needs the real samples the generator's inputs were made from
 
-    def __init__(self, options: ARCOptions, network: Denoiser, channels: int, num_classes: int) -> None:
+    def __init__(self, options: ARCOptions, network: Denoiser, channels: int, num_classes: int,
+                 tokens: int | None = None) -> None:
         super().__init__()
         self.options = options
         self.network_copy = network
-        self.head = ConvHead(channels, options.head_hidden)
+        self.head = ConvHead(channels, options.head_hidden, HEAD_BLOCKS if tokens is None else head_blocks(tokens))
         self.num_classes = num_classes
 
     def scores_at(self, x_t: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
@@ -162,7 +170,8 @@ def build_relativistic_discriminator(options: ARCOptions, context) -> Relativist
         raise ValueError("adversary.contrastive_weight: the contrastive term scores real samples under other "
                          "conditions, and this model is unconditional; set it to 0")
     ((_, tokens, channels),) = feature_shapes(network, [options.disc_layer], probe_cond)
-    if tokens < ConvHead.least_tokens():
-        raise ValueError(f"adversary.kind: arc's conv head needs at least {ConvHead.least_tokens()} tokens at layer "
+    if head_blocks(tokens) == 0:
+        raise ValueError(f"adversary.kind: arc's conv head needs at least {2 * HEAD_KERNEL} tokens at layer "
                          f"{options.disc_layer}; the network gives {tokens} (use a longer sample or a smaller patch)")
-    return RelativisticDiscriminator(options, network, channels, int(getattr(network, "num_classes", 0) or 0))
+    return RelativisticDiscriminator(options, network, channels, int(getattr(network, "num_classes", 0) or 0),
+                                     tokens)
