@@ -22,7 +22,10 @@ class CausalRolloutOptions:
     `init_from`: a run directory whose EMA student these weights start from (e.g. an ODE initialisation).
     `recipe`: how training inputs are made, `self_forcing` (a rollout with the real cache) or
     `diffusion_forcing` (CausVid: a clip noised per chunk; `clean_chunks` adds t = 0). `inputs`: that clip is
-    the student's own (`own`, backward simulation) or a real one from `real_data` (`real`, CausVid's config)."""
+    the student's own (`own`, backward simulation) or a real one from `real_data` (`real`, CausVid's config).
+    `rollout_frames`: Self-Forcing's training rollouts stream up to this many frames and train on a clip-long
+    window at a drawn place in them (Self-Forcing++; null: the clip alone); needs a cache that holds them
+    (mode rolling or segment, or max_frames)."""
 
     times: list[float] = field(default_factory=lambda: [1.0, 0.75, 0.5, 0.25])
     chunk_frames: int = 2
@@ -33,6 +36,7 @@ class CausalRolloutOptions:
     recipe: Recipe = "self_forcing"
     clean_chunks: bool = True
     inputs: Inputs = "own"
+    rollout_frames: int | None = None
 
 
 @GENERATORS.register("causal_rollout", CausalRolloutOptions)
@@ -48,7 +52,12 @@ def build_causal_rollout(options: CausalRolloutOptions, context) -> CausalRollou
         policy = replace(policy, max_frames=context.teacher.sample_shape[1])
     generator = CausalRolloutGenerator(student, options.times, options.chunk_frames, policy,
                                        options.context_noise, options.grad_frames, options.recipe,
-                                       options.clean_chunks, options.inputs)
+                                       options.clean_chunks, options.inputs, options.rollout_frames)
+    if options.rollout_frames is not None:
+        if options.rollout_frames < context.teacher.sample_shape[1]:
+            raise ValueError(f"generator.rollout_frames: {options.rollout_frames} is shorter than the teacher's "
+                             f"clip of {context.teacher.sample_shape[1]} frames, which the rollout trains on")
+        generator.check_frames(options.rollout_frames)
     if options.init_from:
         load_init_weights(generator, options.init_from)
     return generator

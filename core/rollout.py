@@ -6,7 +6,10 @@ Training (`forward`) is one of two recipes:
 - `self_forcing`: Self-Forcing's rollout. One exit step is drawn per rollout (the same on every rank, as the
   global RNG is), the steps before it run without grad, only the exit step carries grad, and the cache refresh
   runs without grad, so no gradient crosses the cache or an earlier chunk; with `grad_frames`, only the chunks
-  holding the last `grad_frames` frames carry grad at all.
+  holding the last `grad_frames` frames carry grad at all. With `rollout_frames` longer than the clip, the
+  rollout first streams a prefix of fresh noise (a whole number of chunks, drawn uniformly, the same on every
+  rank) without grad and returns the clip's frames after it: Self-Forcing++'s window of a long rollout (Cui et
+  al. 2025), so the student also trains where its cache holds its own earlier output rather than a fresh start.
 - `diffusion_forcing`: CausVid's. A clip, either real (`inputs: real`, as CausVid's shipped DMD config
   reads real video latents) or made by the student's own sampler without grad (`inputs: own`, backward
   simulation), is noised per chunk to a step drawn from the step list plus 0 (a clean chunk), and the whole
@@ -44,11 +47,17 @@ class CausalRolloutGenerator(Generator):
 
     def __init__(self, denoiser: Denoiser, times: list[float], chunk_frames: int, policy: CachePolicy,
                  context_noise: float = 0.0, grad_frames: int | None = None, recipe: Recipe = "self_forcing",
-                 clean_chunks: bool = True, inputs: Inputs = "own") -> None:
+                 clean_chunks: bool = True, inputs: Inputs = "own", rollout_frames: int | None = None) -> None:
         super().__init__()
         if inputs == "real" and recipe != "diffusion_forcing":
             raise ValueError("generator.inputs: real clips are noised per chunk only by recipe diffusion_forcing; "
                              f"recipe {recipe} rolls out from noise, so set generator.inputs: own")
+        if rollout_frames is not None and recipe != "self_forcing":
+            raise ValueError("generator.rollout_frames: a longer rollout is Self-Forcing's (recipe self_forcing); "
+                             f"recipe {recipe} denoises the clip in one pass, so set generator.rollout_frames: null")
+        if rollout_frames is not None and rollout_frames % chunk_frames:
+            raise ValueError(f"generator.rollout_frames: {rollout_frames} is not a whole number of chunks of "
+                             f"{chunk_frames} frames (generator.chunk_frames)")
         if not times or any(a <= b for a, b in itertools.pairwise(times)):
             raise ValueError(f"generator.times: must be a non-empty decreasing list, got {times}")
         if grad_frames is not None and grad_frames % chunk_frames:
@@ -62,6 +71,7 @@ class CausalRolloutGenerator(Generator):
         self.grad_frames = grad_frames
         self.recipe = recipe
         self.clean_chunks = clean_chunks
+        self.rollout_frames = rollout_frames
         self.trains_on_real = inputs == "real"
         backbone = denoiser.backbone
         backbone.causal, backbone.chunk_frames = True, chunk_frames
@@ -114,18 +124,20 @@ class CausalRolloutGenerator(Generator):
     def new_cache(self, noise: torch.Tensor) -> KVCache:
         return self.denoiser.backbone.new_cache(noise.shape[0], self.policy, noise.device, noise.dtype)
 
-    def chunks(self, noise: torch.Tensor, cond, exit_step: int, train: bool) -> Iterator[torch.Tensor]:
-        """Each chunk's x0 in turn. Under `segment`, a full cache restarts with the last chunk written first."""
+    def chunks(self, noise: torch.Tensor, cond, exit_step: int, grad_last: int | None) -> Iterator[torch.Tensor]:
+        """Each chunk's x0 in turn; the exit steps of the chunks holding the last `grad_last` frames carry grad
+        (None: none do). Under `segment`, a full cache restarts with the last chunk written first."""
         self.check_frames(noise.shape[2])
         cache = self.new_cache(noise)
-        grad_from = noise.shape[2] - self.grad_frames if self.grad_frames is not None else 0
+        grad_from = noise.shape[2] - grad_last if grad_last is not None else None
         previous = None
         for start in range(0, noise.shape[2], self.chunk_frames):
             end = start + self.chunk_frames
             if self.policy.mode == "segment" and cache.is_full(self.chunk_frames):
                 cache.reset()
                 self.write_context(previous, cond, cache)
-            x0 = self.denoise_chunk(noise[:, :, start:end], cond, cache, exit_step, train and end > grad_from)
+            with_grad = grad_from is not None and end > grad_from
+            x0 = self.denoise_chunk(noise[:, :, start:end], cond, cache, exit_step, with_grad)
             self.write_context(x0.detach(), cond, cache)
             previous = x0.detach()
             yield x0
@@ -135,7 +147,24 @@ class CausalRolloutGenerator(Generator):
         if self.recipe == "diffusion_forcing":
             return self.diffusion_forcing(noise, cond)
         exit_step = int(torch.randint(len(self.times), ())) if len(self.times) > 1 else 0
-        return torch.cat(list(self.chunks(noise, cond, exit_step, train=True)), dim=2)
+        return self.rollout(noise, cond, exit_step, self.draw_prefix_frames(noise.shape[2]))
+
+    def draw_prefix_frames(self, frames: int) -> int:
+        """Frames a training rollout streams before the clip's `frames`: a whole number of chunks drawn uniformly
+        from 0 to `rollout_frames - frames` on the global RNG (so the same on every rank); 0 without it."""
+        if self.rollout_frames is None or self.rollout_frames <= frames:
+            return 0
+        return self.chunk_frames * int(torch.randint((self.rollout_frames - frames) // self.chunk_frames + 1, ()))
+
+    def rollout(self, noise: torch.Tensor, cond, exit_step: int, prefix_frames: int = 0) -> torch.Tensor:
+        """The training rollout of `noise` after `prefix_frames` frames streamed from fresh noise (no grad, they
+        are dropped): grad only at the exit steps of the last `grad_frames` (default: all) of noise's frames."""
+        frames = noise.shape[2]
+        if prefix_frames:
+            b, c, _, h, w = noise.shape
+            noise = torch.cat([parallel.randn_like(noise.new_empty(b, c, prefix_frames, h, w)), noise], dim=2)
+        grad_last = frames if self.grad_frames is None else min(frames, self.grad_frames)
+        return torch.cat(list(self.chunks(noise, cond, exit_step, grad_last)), dim=2)[:, :, -frames:]
 
     def chunk_times(self, k: torch.Tensor) -> torch.Tensor:
         """Per-frame times of per-frame step indices; index len(times) is t = 0 (a clean chunk)."""
@@ -156,13 +185,13 @@ class CausalRolloutGenerator(Generator):
 
     @torch.no_grad()
     def sample(self, noise: torch.Tensor, cond=None) -> torch.Tensor:
-        return torch.cat(list(self.chunks(noise, cond, len(self.times) - 1, train=False)), dim=2)
+        return torch.cat(list(self.chunks(noise, cond, len(self.times) - 1, None)), dim=2)
 
     @torch.no_grad()
     def stream(self, noise: torch.Tensor, cond=None) -> Iterator[tuple[torch.Tensor, float]]:
         """Chunks as they are finished, each with the seconds it took (its steps and its cache write)."""
         started = time.perf_counter()
-        for chunk in self.chunks(noise, cond, len(self.times) - 1, train=False):
+        for chunk in self.chunks(noise, cond, len(self.times) - 1, None):
             now = time.perf_counter()
             yield chunk, now - started
             started = time.perf_counter()

@@ -74,7 +74,7 @@ def test_rollout_outputs_and_gradients_equal_a_hand_written_rollout(exit_step):
         (out * weights).sum().backward()
         return out.detach(), {n: p.grad.clone() for n, p in generator.named_parameters() if p.grad is not None}
 
-    ours, our_grads = grads(lambda: torch.cat(list(generator.chunks(noise, cond, exit_step, train=True)), dim=2))
+    ours, our_grads = grads(lambda: torch.cat(list(generator.chunks(noise, cond, exit_step, FRAMES)), dim=2))
     masked, masked_grads = grads(lambda: hand_rollout(generator, noise, cond, exit_step))
     hand, hand_grads = grads(lambda: hand_cached_rollout(generator, noise, cond, exit_step))
     torch.testing.assert_close(ours, masked, rtol=1e-9, atol=1e-9)
@@ -90,12 +90,19 @@ def test_rollout_outputs_and_gradients_equal_a_hand_written_rollout(exit_step):
 def test_no_gradient_crosses_the_cache_and_only_the_last_grad_frames_carry_grad():
     generator, (noise, cond) = rollout(), inputs()
     noise.requires_grad_(True)
-    chunks = list(generator.chunks(noise, cond, 0, train=True))
+    chunks = list(generator.chunks(noise, cond, 0, FRAMES))
     (grad,) = torch.autograd.grad(chunks[1].sum(), noise)
     assert grad[:, :, CHUNK : 2 * CHUNK].abs().sum() > 0
     assert grad[:, :, :CHUNK].abs().sum() == 0 and grad[:, :, 2 * CHUNK :].abs().sum() == 0
-    late = list(rollout(grad_frames=2).chunks(noise.detach(), cond, 1, train=True))
+    late = list(generator.chunks(noise.detach(), cond, 1, 2))
     assert [c.requires_grad for c in late] == [False, False, True]
+    limited = rollout(grad_frames=2)
+    out = limited.rollout(noise.detach(), cond, 1)
+    params = [p for p in limited.parameters() if p.requires_grad]
+    early = torch.autograd.grad(out[:, :, :-2].sum(), params, retain_graph=True, allow_unused=True)
+    late = torch.autograd.grad(out[:, :, -2:].sum(), params, allow_unused=True)
+    assert all(g is None or not g.any() for g in early)
+    assert any(g is not None and g.any() for g in late)
 
 
 def test_training_draws_one_exit_step_per_rollout_and_sample_runs_every_step():
@@ -125,6 +132,48 @@ def test_long_videos_roll_or_restart_and_a_bounded_cache_refuses():
     bounded = rollout(CachePolicy(mode="none", max_frames=6))
     with pytest.raises(ValueError, match=r"generator.cache.*rolling.*segment"):
         bounded.sample(noise, torch.tensor([1]))
+
+
+@pytest.mark.parametrize("exit_step", [0, 2])
+def test_a_long_training_rollout_returns_its_last_frames_with_the_gradients_of_a_hand_written_rollout(exit_step):
+    """Self-Forcing++'s window: the prefix streams from fresh noise drawn first; the output and its parameter
+    gradients are the last FRAMES frames of a hand-written cached rollout of the whole, since nothing crosses the
+    cache with grad."""
+    generator, (noise, cond) = rollout(), inputs()
+    prefix = 2 * CHUNK
+
+    def grads(run):
+        generator.zero_grad()
+        torch.manual_seed(9)
+        out = run()
+        (out * out.detach()).sum().backward()
+        return out.detach(), {n: p.grad.clone() for n, p in generator.named_parameters() if p.grad is not None}
+
+    def hand():
+        prefix_noise = torch.randn(2, 1, prefix, 8, 8, dtype=torch.float64)
+        return hand_cached_rollout(generator, torch.cat([prefix_noise, noise], dim=2), cond, exit_step)[:, :, -FRAMES:]
+
+    ours, our_grads = grads(lambda: generator.rollout(noise, cond, exit_step, prefix))
+    theirs, their_grads = grads(hand)
+    torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-9)
+    assert our_grads.keys() == their_grads.keys() and our_grads
+    for name in our_grads:
+        torch.testing.assert_close(our_grads[name], their_grads[name], rtol=1e-8, atol=1e-10, msg=name)
+
+
+def test_long_rollouts_draw_their_prefix_in_whole_chunks_and_refuse_what_cannot_hold_them():
+    generator = CausalRolloutGenerator(copy.deepcopy(tiny_teacher()), TIMES, CHUNK,
+                                       CachePolicy(window_frames=4, mode="rolling"), rollout_frames=FRAMES + 2 * CHUNK)
+    torch.manual_seed(0)
+    assert {generator.draw_prefix_frames(FRAMES) for _ in range(60)} == {0, CHUNK, 2 * CHUNK}
+    noise, cond = inputs()
+    with torch.no_grad():
+        assert generator(noise, cond).shape == noise.shape
+    with pytest.raises(ValueError, match=r"generator\.rollout_frames.*whole number of chunks"):
+        CausalRolloutGenerator(copy.deepcopy(tiny_teacher()), TIMES, CHUNK, CachePolicy(), rollout_frames=FRAMES + 1)
+    with pytest.raises(ValueError, match=r"generator\.rollout_frames.*recipe self_forcing"):
+        CausalRolloutGenerator(copy.deepcopy(tiny_teacher()), TIMES, CHUNK, CachePolicy(), recipe="diffusion_forcing",
+                               rollout_frames=FRAMES + 2)
 
 
 def test_frames_must_fill_whole_chunks():

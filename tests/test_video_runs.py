@@ -63,3 +63,15 @@ def test_sampling_past_a_bounded_cache_and_uneven_chunks_name_the_fix(tiny_teach
     with pytest.raises(SystemExit):
         main(["sample", str(run), "--n", "1", "--class", "12", "--out", str(tmp_path / "x.pt")])
     assert "--class: 12" in capsys.readouterr().err
+
+
+def test_long_training_rollouts_name_what_cannot_hold_them(tiny_teacher, tmp_path, capsys):
+    ode = distill("ode_init", tmp_path / "ode", tiny_teacher)
+    for extra, words in [(["generator.rollout_frames=2"], "shorter than the teacher's clip of 4 frames"),
+                         (["generator.rollout_frames=8", "generator.cache={mode: none}"], "generator.cache")]:
+        with pytest.raises(SystemExit):
+            distill("self_forcing", tmp_path / "sf", tiny_teacher, f"generator.init_from={ode}", *extra)
+        assert words in capsys.readouterr().err
+    run = distill("self_forcing", tmp_path / "long", tiny_teacher, f"generator.init_from={ode}",
+                  "generator.rollout_frames=8")
+    assert (run / "report.json").is_file()
