@@ -156,7 +156,8 @@ class VideoModality(Modality):
 
     def evaluate(self, samples, cond) -> dict[str, float]:
         """Law scores when the teacher's data were moving digits; `fvd_toy` (which needs that law for its real
-        clips) and class recall when a classifier is set, and `class_kept` for clips longer than one range."""
+        clips) and class recall when a classifier is set; for clips longer than one range, `class_kept` and
+        `class_recall_last` (the label's recall in the last range alone)."""
         metrics = law_scores(samples, self.law.velocities) if self.law is not None else {}
         if self.classifier is None:
             return metrics
@@ -166,8 +167,10 @@ class VideoModality(Modality):
         if is_labels(cond):
             metrics |= class_recalls(logits, cond, self.num_classes)
         if samples.shape[2] > RANGE_FRAMES:
-            metrics |= class_kept(self.classify(samples[:, :, :RANGE_FRAMES])[0],
-                                  self.classify(samples[:, :, -RANGE_FRAMES:])[0])
+            last = self.classify(samples[:, :, -RANGE_FRAMES:])[0]
+            metrics |= class_kept(self.classify(samples[:, :, :RANGE_FRAMES])[0], last)
+            if is_labels(cond):
+                metrics["class_recall_last"] = class_recalls(last, cond, self.num_classes)["class_recall_mean"]
         return metrics
 
     def headline_metric(self) -> str:

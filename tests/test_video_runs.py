@@ -17,6 +17,12 @@ def tiny_teacher(tmp_path_factory):
     return train_tiny_teacher(tmp_path_factory.mktemp("teacher"))
 
 
+@pytest.fixture(scope="module")
+def ode_run(tiny_teacher, tmp_path_factory):
+    """One ODE initialisation the Self-Forcing and CausVid runs start from."""
+    return distill("ode_init", tmp_path_factory.mktemp("ode_init") / "ode", tiny_teacher)
+
+
 def distill(name, out, teacher_file, *extra):
     main(["distill", str(VIDEO / f"moving_digits_{name}.yaml"), "--out", str(out), "--set",
           f"teacher.checkpoint={teacher_file}", *QUICK, "objective.pairs=8", "objective.pair_nfe=3",
@@ -26,10 +32,9 @@ def distill(name, out, teacher_file, *extra):
     return out
 
 
-def test_every_video_config_runs_and_streams_past_its_training_length(tiny_teacher, tmp_path, capsys):
-    ode = distill("ode_init", tmp_path / "ode", tiny_teacher)
+def test_every_video_config_runs_and_streams_past_its_training_length(tiny_teacher, ode_run, tmp_path, capsys):
     for name in ("self_forcing", "causvid"):
-        run = distill(name, tmp_path / name, tiny_teacher, f"generator.init_from={ode}")
+        run = distill(name, tmp_path / name, tiny_teacher, f"generator.init_from={ode_run}")
         assert (run / "report.json").is_file()
     apt_init = distill("apt_init", tmp_path / "apt_init", tiny_teacher)
     distill("apt", tmp_path / "apt", tiny_teacher, f"generator.init_from={apt_init}", "real_data.frames=4",
@@ -65,13 +70,12 @@ def test_sampling_past_a_bounded_cache_and_uneven_chunks_name_the_fix(tiny_teach
     assert "--class: 12" in capsys.readouterr().err
 
 
-def test_long_training_rollouts_name_what_cannot_hold_them(tiny_teacher, tmp_path, capsys):
-    ode = distill("ode_init", tmp_path / "ode", tiny_teacher)
+def test_long_training_rollouts_name_what_cannot_hold_them(tiny_teacher, ode_run, tmp_path, capsys):
     for extra, words in [(["generator.rollout_frames=2"], "shorter than the teacher's clip of 4 frames"),
                          (["generator.rollout_frames=8", "generator.cache={mode: none}"], "generator.cache")]:
         with pytest.raises(SystemExit):
-            distill("self_forcing", tmp_path / "sf", tiny_teacher, f"generator.init_from={ode}", *extra)
+            distill("self_forcing", tmp_path / "sf", tiny_teacher, f"generator.init_from={ode_run}", *extra)
         assert words in capsys.readouterr().err
-    run = distill("self_forcing", tmp_path / "long", tiny_teacher, f"generator.init_from={ode}",
+    run = distill("self_forcing", tmp_path / "long", tiny_teacher, f"generator.init_from={ode_run}",
                   "generator.rollout_frames=8")
     assert (run / "report.json").is_file()
