@@ -33,10 +33,8 @@ def real_time_factor(metrics: dict, seconds_per_clip: float, decode_ms: float = 
 
 @torch.no_grad()
 def decode_ms_per_clip(modality, n: int = 64) -> float:
-    """Milliseconds a clip to decode the teacher's samples into clips (Griffin-Lim for spectrograms); 0 without a
-    codec. The time does not depend on the content, so noise is decoded."""
-    if getattr(modality, "codec", None) is None:
-        return 0.0
+    """Milliseconds a clip to turn the teacher's samples into clips (Griffin-Lim for spectrograms; a clamp without
+    a codec). The time does not depend on the content, so noise is decoded."""
     samples = torch.randn(n, *modality.sample_shape)
     start = time.perf_counter()
     modality.to_data_range(samples)

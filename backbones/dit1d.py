@@ -14,7 +14,7 @@ from torch.utils.checkpoint import checkpoint
 from potstill.backbones.adaln import AdaLNZeroBackbone
 from potstill.backbones.dit import LabelEmbedder
 from potstill.backbones.embeddings import TimestepEmbedder
-from potstill.backbones.video_dit import VideoDiTBlock, VideoFinalLayer
+from potstill.backbones.video_dit import VideoDiTBlock, VideoFinalLayer, rotation
 from potstill.core.registry import BACKBONES
 
 
@@ -86,11 +86,12 @@ class DiT1D(AdaLNZeroBackbone):
         tokens = self.x_embedder(x)
         c_noise = torch.as_tensor(c_noise, device=tokens.device).expand(x.shape[0])
         c = (self.t_embedder(c_noise) + self.embed_condition(cond))[:, None]      # one modulation for all tokens
-        angles = rope_1d_angles(tokens.shape[1], o.hidden_size // o.num_heads, o.rope_theta, x.device)
+        cos_sin = rotation(rope_1d_angles(tokens.shape[1], o.hidden_size // o.num_heads, o.rope_theta, x.device),
+                           tokens.dtype)
         recompute = self.activation_checkpointing and torch.is_grad_enabled()
         activations = []
         for block in self.blocks:
-            args = (tokens, c, angles, None, None)
+            args = (tokens, c, cos_sin, None, None)
             tokens = (checkpoint(block, *args, use_reentrant=False) if recompute else block(*args))[0]
             activations.append(tokens)
         out = rearrange(self.final_layer(tokens, c), "b n (p c) -> b c (n p)", p=o.patch_size)

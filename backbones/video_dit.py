@@ -85,12 +85,17 @@ class Rope3D(nn.Module):
         return torch.cat(out, dim=1)
 
 
-def rotate(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
-    """Apply RoPE to x [B, heads, N, d] with angles [N, d/2] (interleaved pairs)."""
-    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-    pairs = rearrange(x, "b h n (k two) -> b h n k two", two=2)
+def rotation(angles: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, sin) of RoPE angles [N, d/2] in `dtype`, made once per forward for every block."""
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def rotate(x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Apply RoPE to x [..., N, d] with (cos, sin) [N, d/2] (interleaved pairs)."""
+    cos, sin = (part.to(x.dtype) for part in cos_sin)
+    pairs = rearrange(x, "... n (k two) -> ... n k two", two=2)
     x1, x2 = pairs[..., 0], pairs[..., 1]
-    return rearrange(torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1), "b h n k two -> b h n (k two)")
+    return rearrange(torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1), "... n k two -> ... n (k two)")
 
 
 class RopeAttention(nn.Module):
@@ -102,11 +107,11 @@ class RopeAttention(nn.Module):
         self.qkv = nn.Linear(hidden, 3 * hidden)
         self.proj = nn.Linear(hidden, hidden)
 
-    def forward(self, x: torch.Tensor, angles: torch.Tensor, mask: torch.Tensor | None,
+    def forward(self, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None,
                 past: tuple[torch.Tensor, torch.Tensor] | None):
         """-> (output [B, N, D], this input's RoPE'd keys and values [B, heads, N, d] for a cache)."""
-        q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
-        q, k = rotate(q, angles), rotate(k, angles)
+        qkv = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
+        (q, k), v = rotate(qkv[:2], cos_sin).unbind(0), qkv[2]
         keys, values = (k, v) if past is None else (torch.cat([past[0].to(k.dtype), k], dim=2),
                                                      torch.cat([past[1].to(v.dtype), v], dim=2))
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
@@ -124,10 +129,10 @@ class VideoDiTBlock(nn.Module):
         self.mlp = Mlp(hidden, int(hidden * mlp_ratio), act_layer=lambda: nn.GELU(approximate="tanh"))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 6 * hidden))
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, angles: torch.Tensor, mask: torch.Tensor | None,
-                past: tuple[torch.Tensor, torch.Tensor] | None):
+    def forward(self, x: torch.Tensor, c: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor],
+                mask: torch.Tensor | None, past: tuple[torch.Tensor, torch.Tensor] | None):
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=-1)
-        attended, k, v = self.attn(modulate(self.norm1(x), shift_msa, scale_msa), angles, mask, past)
+        attended, k, v = self.attn(modulate(self.norm1(x), shift_msa, scale_msa), cos_sin, mask, past)
         x = x + gated(attended, gate_msa)
         return x + gated(self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)), gate_mlp), k, v
 
@@ -243,13 +248,13 @@ class VideoDiT(AdaLNZeroBackbone):
         tokens = rearrange(self.x_embedder(rearrange(x, "b c f h w -> (b f) c h w")), "(b f) t d -> b (f t) d",
                            b=batch)
         c = self.frame_embedding(c_noise, cond, batch, frames)
-        angles = self.rope.angles(start, frames, x.device)
+        cos_sin = rotation(self.rope.angles(start, frames, x.device), tokens.dtype)
         mask = self.attention_mask(frames, cache, x.device)
         recompute = self.activation_checkpointing and torch.is_grad_enabled()
         activations, keys, values = [], [], []
         for i, block in enumerate(self.blocks):
             past = cache.layer(i) if cache is not None else None
-            args = (tokens, c, angles, mask, past)
+            args = (tokens, c, cos_sin, mask, past)
             tokens, k, v = checkpoint(block, *args, use_reentrant=False) if recompute else block(*args)
             activations.append(tokens)
             if write:

@@ -46,7 +46,7 @@ def measure(distiller, produce, noise, cond, repeats: int) -> dict:
         start = time.perf_counter()
         clips = modality.to_data_range(produce(noise, cond).float()).cpu()
         best = min(best, time.perf_counter() - start)
-    metrics = getattr(modality, "data_modality", modality).evaluate(clips, cond.cpu())     # clips: decoded
+    metrics = modality.evaluate_data(clips, cond.cpu())
     audio_seconds = len(noise) * modality.data_shape[-1] / modality.sample_rate
     return {**{k: metrics[k] for k in SCORES if k in metrics}, "seconds": best,
             "real_time_factor": audio_seconds / best}

@@ -131,6 +131,9 @@ class EncodedModality(Modality):
     def evaluate(self, samples: torch.Tensor, cond) -> dict[str, float]:
         return self.data_modality.evaluate(self.decode(samples), cond)
 
+    def evaluate_data(self, data: torch.Tensor, cond) -> dict[str, float]:
+        return self.data_modality.evaluate(data, cond)
+
     def headline_metric(self) -> str:
         return self.data_modality.headline_metric()
 

@@ -49,6 +49,10 @@ class Modality(ABC):
     def evaluate(self, samples: torch.Tensor, cond) -> dict[str, float]:
         """Quality metrics of samples drawn with the given conditions."""
 
+    def evaluate_data(self, data: torch.Tensor, cond) -> dict[str, float]:
+        """Quality metrics of samples already turned into data (`to_data_range`), so a timed decode is not redone."""
+        return self.evaluate(data, cond)
+
     def headline_metric(self) -> str:
         """The metric a table sorts by (lower is better)."""
         return "swd"

@@ -49,12 +49,13 @@ def circular_istft(frames: torch.Tensor, n_fft: int, hop_length: int, window: to
     return clips.reshape(*frames.shape[:-2], length)
 
 
-def griffin_lim(magnitude: torch.Tensor, n_fft: int, hop_length: int, length: int, iters: int) -> torch.Tensor:
-    """Clips whose circular STFT has `magnitude`, by fast Griffin-Lim (Perraudin et al. 2013: each phase taken from
-    t_n - 0.99 t_(n-1), t the frames of the last two projections) from zero phase. torchaudio's GriffinLim frames
-    with reflected ends only, which caps a tone's round trip at purity 0.935 where circular frames reach 1.0
-    (measured on the tones law, 256 iterations)."""
-    window = torch.hann_window(n_fft, device=magnitude.device, dtype=magnitude.dtype)
+def griffin_lim(magnitude: torch.Tensor, window: torch.Tensor, hop_length: int, length: int,
+                iters: int) -> torch.Tensor:
+    """Clips whose circular STFT under `window` (n_fft its length) has `magnitude`, by fast Griffin-Lim
+    (Perraudin et al. 2013: each phase taken from t_n - 0.99 t_(n-1), t the frames of the last two projections)
+    from zero phase. torchaudio's GriffinLim frames with reflected ends only, which caps a tone's round trip at
+    purity 0.935 where circular frames reach 1.0 (measured on the tones law, 256 iterations)."""
+    n_fft = len(window)
     phase = torch.polar(torch.ones_like(magnitude), torch.zeros_like(magnitude))
     previous = torch.zeros_like(phase)
     for _ in range(iters):
@@ -133,8 +134,9 @@ class SpectrogramCodec(Codec):
         length = 2 * samples.shape[-2] // o.channels
         power = level_to_power(rearrange(samples, "n (c m) f -> n c m f", c=o.channels), o.floor)
         power = torch.cat([power, torch.zeros_like(power[..., :1, :])], dim=-2)
-        magnitude = (power * torch.hann_window(length, device=samples.device).square().sum()).sqrt()
-        return griffin_lim(magnitude, length, length // o.hops, length, o.griffin_lim_iters)
+        window = torch.hann_window(length, device=samples.device, dtype=power.dtype)
+        return griffin_lim((power * window.square().sum()).sqrt(), window, length // o.hops, length,
+                           o.griffin_lim_iters)
 
 
 @dataclass
@@ -193,7 +195,7 @@ class MelCodec(Codec):
         mel = level_to_power(rearrange(samples, "n (c m) f -> n c m f", m=o.n_mels), o.floor)
         power = self.inverse_mel(mel).clamp(min=0) * self.window.square().sum()
         length = (samples.shape[-1] - 1) * o.hop_length
-        return griffin_lim(power.sqrt(), o.n_fft, o.hop_length, length, o.griffin_lim_iters)
+        return griffin_lim(power.sqrt(), self.window.to(power.dtype), o.hop_length, length, o.griffin_lim_iters)
 
 
 @dataclass

@@ -11,9 +11,11 @@ import soundfile
 import torch
 from media_fixtures import audio_bytes
 
+from potstill.core.codec import EncodedModality
 from potstill.data.decode_audio import AudioDecodeOptions, AudioDecoder
 from potstill.data.tones import TonesOptions, tone_clips
 from potstill.modalities.audio import AudioModality, AudioOptions
+from potstill.modalities.audio_codecs import SpectrogramCodec, SpectrogramCodecOptions
 
 LAW = {"kind": "tones", "sample_rate": 8000, "length": 1024, "classes": [[16], [20], [16, 20, 24]],
        "harmonics": [1.0, 0.5]}
@@ -30,6 +32,16 @@ def modality(**options) -> AudioModality:
 def clips(n=6, seed=0):
     return tone_clips(n, TonesOptions(**{k: v for k, v in LAW.items() if k != "kind"}).resolved(),
                       torch.Generator().manual_seed(seed))
+
+
+def test_clips_decoded_once_score_as_their_spectrograms_do():
+    """`evaluate_data` scores what `to_data_range` decoded (a benchmark times that decode) as `evaluate` scores
+    the codec's samples."""
+    x, labels = clips(8)
+    encoded = EncodedModality(modality(), SpectrogramCodec(SpectrogramCodecOptions()))
+    frames = encoded.codec.encode(x)
+    assert encoded.evaluate_data(encoded.to_data_range(frames), labels) == encoded.evaluate(frames, labels)
+    assert modality().evaluate_data(x, labels) == modality().evaluate(x, labels)
 
 
 def test_wav_round_trip_at_the_teachers_rate(tmp_path):

@@ -2,10 +2,13 @@
 initialisation, Self-Forcing and CausVid from it, APT's initialisation and APT; `potstill sample` streams
 past the training length with --frames, --class and --stream; the errors name their key."""
 
+import importlib.util
+
 import pytest
 import torch
 
 from potstill.cli import main
+from tests_support import ROOT
 from video_fixtures import VIDEO, train_tiny_teacher
 
 QUICK = ["train.steps=2", "train.batch_size=2", "train.log_every=1", "train.progress=false", "eval.n_samples=4",
@@ -79,3 +82,29 @@ def test_long_training_rollouts_name_what_cannot_hold_them(tiny_teacher, ode_run
     run = distill("self_forcing", tmp_path / "long", tiny_teacher, f"generator.init_from={ode_run}",
                   "generator.rollout_frames=8")
     assert (run / "report.json").is_file()
+
+
+def long_clips_benchmark():
+    spec = importlib.util.spec_from_file_location("video_long_clips", ROOT / "benchmarks" / "video_long_clips.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_long_clip_benchmark_scores_every_row_on_one_draw(ode_run):
+    bench = long_clips_benchmark()
+    assert bench.parse_row(f"sinks={ode_run}:generator.cache.sink_frames=2,generator.cache.window_frames=4") == (
+        "sinks", str(ode_run), ["generator.cache.sink_frames=2", "generator.cache.window_frames=4"])
+    with pytest.raises(SystemExit, match="LABEL=RUN_DIR"):
+        bench.parse_row(str(ode_run))
+    def scores(*overrides):
+        metrics = bench.score(str(ode_run), list(overrides), 16, 4, 2)
+        return {k: v for k, v in metrics.items() if k != "ms_per_sample"}
+
+    first = scores()
+    assert first == scores() and "shift_residual_13_24" in first
+    with pytest.raises(ValueError, match=r"generator\.cache\.window_frames: 1 is shorter than chunk_frames"):
+        scores("generator.cache.window_frames=1")     # a row's settings reach the student it samples with
+    table = bench.format_table([{"label": "plain", "overrides": [], "metrics": first}])
+    assert table.splitlines()[-1].startswith(f"| plain | - | {first['shift_residual_1_12']:.4f} | "
+                                             f"{first['shift_residual_13_24']:.4f} |")

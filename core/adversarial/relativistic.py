@@ -110,11 +110,11 @@ class RelativisticDiscriminator(nn.Module):
     pairs_real = True       # the generator loss needs the real samples the generator's inputs were made from
 
     def __init__(self, options: ARCOptions, network: Denoiser, channels: int, num_classes: int,
-                 tokens: int | None = None) -> None:
+                 head_depth: int = HEAD_BLOCKS) -> None:
         super().__init__()
         self.options = options
         self.network_copy = network
-        self.head = ConvHead(channels, options.head_hidden, HEAD_BLOCKS if tokens is None else head_blocks(tokens))
+        self.head = ConvHead(channels, options.head_hidden, head_depth)
         self.num_classes = num_classes
 
     def scores_at(self, x_t: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
@@ -170,8 +170,9 @@ def build_relativistic_discriminator(options: ARCOptions, context) -> Relativist
         raise ValueError("adversary.contrastive_weight: the contrastive term scores real samples under other "
                          "conditions, and this model is unconditional; set it to 0")
     ((_, tokens, channels),) = feature_shapes(network, [options.disc_layer], probe_cond)
-    if head_blocks(tokens) == 0:
+    depth = head_blocks(tokens)
+    if depth == 0:
         raise ValueError(f"adversary.kind: arc's conv head needs at least {2 * HEAD_KERNEL} tokens at layer "
                          f"{options.disc_layer}; the network gives {tokens} (use a longer sample or a smaller patch)")
     return RelativisticDiscriminator(options, network, channels, int(getattr(network, "num_classes", 0) or 0),
-                                     tokens)
+                                     depth)
