@@ -81,7 +81,7 @@ def markdown(results: dict) -> str:
     for row in results["speedup"]:
         nfe = row["teacher_nfe"] if row["teacher_nfe"] is not None else f"> {TEACHER_NFE[-1]}"
         beyond = f"> {TEACHER_NFE[-1] / row['steps']:.0f}x"
-        speedup = f"{row['speedup']:.0f}x" if row["speedup"] is not None else beyond
+        speedup = f"{row['speedup']:g}x" if row["speedup"] is not None else beyond
         lines.append(f"| {row['steps']} | {nfe} | {speedup} |")
     return "\n".join(lines) + "\n"
 
