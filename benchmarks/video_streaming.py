@@ -283,7 +283,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--input-size", type=int, default=12)
     parser.add_argument("--patch-size", type=int, default=3, help="3: the shipped moving-digits teacher's")
     parser.add_argument("--hidden-size", type=int, default=96)
-    parser.add_argument("--depth", type=int, default=4)
+    parser.add_argument("--depth", type=int, default=6)
     parser.add_argument("--num-heads", type=int, default=4)
     parser.add_argument("--chunk-frames", type=int, default=2)
     parser.add_argument("--window", type=int, default=8, help="rolling cache window (frames)")

@@ -84,15 +84,15 @@ def test_long_training_rollouts_name_what_cannot_hold_them(tiny_teacher, ode_run
     assert (run / "report.json").is_file()
 
 
-def long_clips_benchmark():
-    spec = importlib.util.spec_from_file_location("video_long_clips", ROOT / "benchmarks" / "video_long_clips.py")
+def benchmark(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 def test_the_long_clip_benchmark_scores_every_row_on_one_draw(ode_run):
-    bench = long_clips_benchmark()
+    bench = benchmark("video_long_clips")
     assert bench.parse_row(f"sinks={ode_run}:generator.cache.sink_frames=2,generator.cache.window_frames=4") == (
         "sinks", str(ode_run), ["generator.cache.sink_frames=2", "generator.cache.window_frames=4"])
     with pytest.raises(SystemExit, match="LABEL=RUN_DIR"):
@@ -108,3 +108,24 @@ def test_the_long_clip_benchmark_scores_every_row_on_one_draw(ode_run):
     table = bench.format_table([{"label": "plain", "overrides": [], "metrics": first}])
     assert table.splitlines()[-1].startswith(f"| plain | - | {first['shift_residual_1_12']:.4f} | "
                                              f"{first['shift_residual_13_24']:.4f} |")
+
+
+def test_the_teacher_benchmark_scores_every_teacher_and_guidance_on_one_draw(tiny_teacher, monkeypatch):
+    bench = benchmark("video_teachers")
+    assert bench.parse_row(f"tiny={tiny_teacher}") == ("tiny", str(tiny_teacher))
+    with pytest.raises(SystemExit, match="LABEL=TEACHER_FILE"):
+        bench.parse_row(str(tiny_teacher))
+    def scores():
+        return {g: {k: v for k, v in m.items() if k != "ms_per_sample"}
+                for g, m in bench.score(str(tiny_teacher), 2, [1.0, 3.0], 4, 2).items()}
+
+    first = scores()
+    assert first == scores() and list(first) == ["1.0", "3.0"] and first["1.0"]["nfe"] == 2
+    table = bench.format_table([{"label": "tiny", "metrics": first}]).splitlines()
+    assert len(table) == 4 and table[3].startswith(f"| tiny | 3.0 | {first['3.0']['shift_residual']:.3f} |")
+    scales = []
+    evaluate = bench.evaluate_teacher
+    monkeypatch.setattr(bench, "evaluate_teacher", lambda *a, guidance: scales.append(guidance) or evaluate(
+        *a, guidance=guidance))
+    bench.score(str(tiny_teacher), 2, [1.0, 3.0], 4, 2)
+    assert scales == [1.0, 3.0]
