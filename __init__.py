@@ -21,8 +21,8 @@ def import_builtins() -> None:
         objectives,
         teacher_file,
     )
-    from potstill.data import digits, moving_digits, tones, webdataset_source  # noqa: F401
-    from potstill.modalities import audio, audio_codecs, video  # noqa: F401
+    from potstill.data import digits, moving_digits, shapes3d, tones, webdataset_source  # noqa: F401
+    from potstill.modalities import audio, audio_codecs, field_generator, text_to_3d, video  # noqa: F401
 
 
 on_first_lookup(import_builtins)

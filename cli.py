@@ -1,4 +1,4 @@
-"""The `potstill` command: distill, train-teacher, sample, eval, demo and data."""
+"""The `potstill` command: distill, train-teacher, sample, eval, export, demo and data."""
 
 from __future__ import annotations
 
@@ -55,7 +55,20 @@ def _eval(args) -> None:
     print(json.dumps(distiller.evaluate(), indent=2))
 
 
+def _export(args) -> None:
+    from potstill.export3d import ExportRequest, export_run
+
+    request = ExportRequest(args.run, args.ply, args.turntable, args.frames, args.views, args.size, args.device)
+    for path in export_run(request):
+        print(f"wrote {path}")
+
+
 def _demo(args) -> None:
+    if args.which == "3d":
+        from potstill.demo_3d import run_3d_demo
+
+        run_3d_demo(Path(args.out or "runs/demo_3d"), steps=args.steps)
+        return
     if args.which == "video":
         from potstill.demo_video import run_video_demo
 
@@ -130,11 +143,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_argument(p)
     p.set_defaults(func=_eval)
 
+    p = sub.add_parser("export", help="write a text-to-3D run's field as a PLY point cloud and/or a turntable")
+    p.add_argument("run", help="run directory or checkpoint folder")
+    p.add_argument("--ply", type=Path, default=None, help="binary PLY of the surface points and their colours")
+    p.add_argument("--turntable", type=Path, default=None, help="FILE.mp4 (PyAV) or FILE.png (a grid of views)")
+    p.add_argument("--frames", type=positive, default=36, help="turntable views, evenly round the vertical axis")
+    p.add_argument("--views", type=positive, default=48, help="cameras all round whose surface points make the PLY")
+    p.add_argument("--size", type=positive, default=96, help="pixels across each rendered view")
+    add_device_argument(p)
+    p.set_defaults(func=_export)
+
     p = sub.add_parser("demo", help="image: distil the embedded digits teacher into a one-step student; video: "
                        "distil the moving-digits teacher into a causal streaming student; audio: ARC post-training "
-                       "of the tones teacher into a few-step student")
-    p.add_argument("which", nargs="?", choices=["image", "video", "audio"], default="image")
-    p.add_argument("--out", default=None, help="default runs/demo, runs/demo_video or runs/demo_audio")
+                       "of the tones teacher into a few-step student; 3d: SDS and CFD of the shapes teacher into "
+                       "a voxel grid, scored against the analytic shape")
+    p.add_argument("which", nargs="?", choices=["image", "video", "audio", "3d"], default="image")
+    p.add_argument("--out", default=None, help="default runs/demo, runs/demo_video, runs/demo_audio or runs/demo_3d")
     p.add_argument("--steps", type=positive, default=None, help="override the demo's number of steps")
     p.set_defaults(func=_demo)
 

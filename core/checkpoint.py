@@ -40,15 +40,20 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Replace `path` by `text` so that a reader sees the old or the new file, never a part."""
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Replace `path` by `data` so that a reader sees the old or the new file, never a part."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
+    with open(tmp, "wb") as f:
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
     fsync_path(path.parent)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace `path` by `text` (UTF-8) atomically, as `write_bytes_atomic`."""
+    write_bytes_atomic(path, text.encode())
 
 
 def file_digest(path: Path) -> str:

@@ -170,6 +170,9 @@ def coerce(value: Any, annotation: Any, key: str) -> Any:
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        given = [arg for arg in args if arg is not type(None)]
+        if len(given) == 1:                 # an optional setting: the one type's own error names the key inside
+            return coerce(value, given[0], key)
         errors = []
         for arg in args:
             if arg is type(None):
@@ -242,7 +245,7 @@ def from_dict(cls: type, data: Any, key: str = "") -> Any:
     for name, f in fields.items():
         if name in data:
             if name in sections:
-                values[name] = load_component(name, data[name], sections[name])
+                values[name] = load_component(f"{prefix}{name}", data[name], sections[name])
             else:
                 values[name] = coerce(data[name], hints[name], f"{prefix}{name}")
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:

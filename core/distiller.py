@@ -131,6 +131,7 @@ class Distiller(StepLoop):
                               if config.fake_score is not None else None)
         self.fake_score = context.fake_score
         self.objective = _build(reg.OBJECTIVES, config.objective, context, "objective.kind")
+        self.objective.use_noise_source(self.modality.noise_source(self.generator))
         self.adversary = self._build_adversary(context)
         self.real_data = (_build(reg.DATASETS, config.real_data, context, "real_data.kind")
                           if config.real_data is not None and with_real_data else None)
@@ -304,6 +305,7 @@ class Distiller(StepLoop):
         generator's metrics come first, so the progress bar, which shows a log line's first losses, shows them."""
         train = self.config.train
         self.engine.step_index = self.step
+        self.objective.progress = self.step / train.steps
         critic: dict[str, float] = {}
         for _ in range(train.fake_score_updates):
             critic |= self.critic_update(self.step)

@@ -36,6 +36,10 @@ class Generator(nn.Module):
         """Network evaluations per sample at inference."""
         return 1
 
+    def penalty(self) -> torch.Tensor | None:
+        """A regulariser on the last training forward, added to the objective's loss (None: none)."""
+        return None
+
 
 class DenoiserGenerator(Generator):
     """x = D(sigma(t_0) z, t_0), then for each further step re-noise to t_k with fresh noise and

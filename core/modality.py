@@ -53,6 +53,15 @@ class Modality(ABC):
         """Quality metrics of samples already turned into data (`to_data_range`), so a timed decode is not redone."""
         return self.evaluate(data, cond)
 
+    def noise_source(self, generator) -> torch.nn.Module | None:
+        """The noise objectives add in place of i.i.d. normal noise for this generator's samples (text-to-3D's
+        multi-view consistent noise); None: i.i.d."""
+        return None
+
+    def generator_metrics(self, generator) -> dict[str, float]:
+        """Metrics read from the generator itself rather than its samples (a 3-D field's surface)."""
+        return {}
+
     def headline_metric(self) -> str:
         """The metric a table sorts by (lower is better)."""
         return "swd"

@@ -1,25 +1,30 @@
 """How a loss draws its noise times, shared by the objectives and the discriminators: uniform positions
 on the schedule (on a grid when `t_grid` is set, DMD2's U{20..980}), the schedule's own training draw
-(EDM's log-normal sigma, Diff-Instruct), or logit-normal positions (LADD's high-noise bias)."""
+(EDM's log-normal sigma, Diff-Instruct), logit-normal positions (LADD's high-noise bias), or one position for
+the whole batch annealed over the run (CFD's `t_scheduler.py`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
 import torch
 
 from potstill.core import parallel
 from potstill.core.schedules import Schedule
 
-TimeSampling = Literal["uniform", "dsm", "logit_normal"]
+TimeSampling = Literal["uniform", "dsm", "logit_normal", "annealed"]
+CFD_ANNEAL = [[0.0, 0.0], [0.1, 0.3], [0.5, 0.6], [1.0, 0.8]]
 
 
 @dataclass
 class TimeOptions:
     """`uniform`: positions in [t_low, t_high] (a `t_grid`-point grid when non-zero); `dsm`: the
     schedule's denoising draw; `logit_normal`: positions sigmoid(N(t_mean, t_std)) clamped to
-    [t_low, t_high]."""
+    [t_low, t_high]; `annealed`: every sample at position t_high - (t_high - t_low) p, p piecewise linear in the
+    run's progress through the [progress, p] knots of `t_anneal` (CFD's default: 0 -> 0.3 -> 0.6 -> 0.8 at
+    0, 10%, 50% and 100% of the steps)."""
 
     t_sampling: TimeSampling = "uniform"
     t_low: float = 0.02
@@ -27,10 +32,24 @@ class TimeOptions:
     t_grid: int = 1000
     t_mean: float = 0.0
     t_std: float = 1.0
+    t_anneal: list[list[float]] = field(default_factory=lambda: [list(k) for k in CFD_ANNEAL])
 
 
-def draw_times(options: TimeOptions, schedule: Schedule, n: int) -> torch.Tensor:
-    """n times in the schedule's units, drawn as `options` says (this rank's rows of the global draw)."""
+def anneal_position(options: TimeOptions, progress: float) -> float:
+    """The annealed position at `progress` in [0, 1] of the run: p interpolated between the `t_anneal` knots."""
+    knots = torch.tensor(options.t_anneal, dtype=torch.float64)
+    p = torch.from_numpy(np.interp([progress], knots[:, 0].numpy(), knots[:, 1].numpy()))
+    return float(options.t_high - (options.t_high - options.t_low) * p[0])
+
+
+def draw_times(options: TimeOptions, schedule: Schedule, n: int, progress: float | None = None) -> torch.Tensor:
+    """n times in the schedule's units, drawn as `options` says (this rank's rows of the global draw); an
+    annealed draw reads the run's `progress`."""
+    if options.t_sampling == "annealed":
+        if progress is None:
+            raise ValueError("t_sampling: 'annealed' follows a run's progress, which only objectives are given; "
+                             "choose another draw here")
+        return schedule.t_at(torch.full((n,), anneal_position(options, progress), dtype=torch.float64)).float()
     return parallel.draw_local(lambda m: _draw(options, schedule, m), n)
 
 

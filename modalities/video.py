@@ -21,6 +21,7 @@ from potstill.core.weights import load_frozen
 from potstill.data.moving_digits import MovingDigitsOptions, moving_digit_clips
 from potstill.modalities.frechet import frechet_distance, gaussian_stats
 from potstill.modalities.image import is_labels
+from potstill.modalities.mp4 import write_mp4
 from potstill.modalities.video_scores import RANGE_FRAMES, class_kept, class_recalls, law_scores, unit_frames
 
 MIN_SIDE = 64               # the mp4 upscales clips (nearest, by an integer factor) to at least this many pixels
@@ -76,26 +77,6 @@ def grid_frames(samples: torch.Tensor, columns: int) -> torch.Tensor:
     grids = grids.repeat_interleave(factor, -2).repeat_interleave(factor, -1)
     grids = F.pad(grids, (0, grids.shape[-1] % 2, 0, grids.shape[-2] % 2), value=PAD_VALUE)
     return rearrange((grids * 255).round().to(torch.uint8), "f c h w -> f h w c")
-
-
-def write_mp4(frames: torch.Tensor, path: Path, fps: int) -> None:
-    """Encode uint8 RGB frames [F, H, W, 3] with libx264 (mpeg4 where this PyAV lacks it)."""
-    try:
-        import av
-    except ImportError:
-        raise ValueError("writing .mp4 needs PyAV: pip install av") from None
-    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream(codec, rate=fps)
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = "yuv420p"
-        if codec == "libx264":
-            stream.options = {"crf": "15"}
-        else:
-            stream.bit_rate = 4_000_000
-        for frame in frames.numpy():
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode())
 
 
 class VideoModality(Modality):

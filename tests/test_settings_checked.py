@@ -79,7 +79,8 @@ def test_missing_weights_name_the_key_and_the_choices(tmp_path, key, load):
     with pytest.raises(ValueError, match=rf"^{key_pattern}: unknown embedded weights 'embedded:digits_teachr'; "
                                          "valid choices: embedded:digits_classifier, embedded:digits_teacher, "
                                          "embedded:moving_digits_classifier, embedded:moving_digits_teacher, "
-                                         "embedded:tones_classifier, embedded:tones_teacher$"):
+                                         "embedded:shapes_teacher, embedded:tones_classifier, "
+                                         "embedded:tones_teacher$"):
         load("embedded:digits_teachr")
 
 

@@ -9,7 +9,7 @@ from potstill.core.config import load_config
 from potstill.core.distiller import Distiller
 from tests_support import CONFIGS
 
-SHIPPED = sorted(p for folder in ("vector", "image") for p in (CONFIGS / folder).glob("*.yaml")
+SHIPPED = sorted(p for folder in ("vector", "image", "text_to_3d") for p in (CONFIGS / folder).glob("*.yaml")
                  if not p.stem.endswith(("_base", "_deepspeed", "_teacher")))   # teachers: test_train_teacher
 
 

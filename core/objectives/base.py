@@ -11,6 +11,7 @@ from torch import nn
 
 from potstill.core import parallel
 from potstill.core.denoiser import Denoiser
+from potstill.core.generator import Generator
 from potstill.core.schedules import Schedule
 from potstill.core.time_draws import draw_times
 
@@ -44,6 +45,13 @@ class Objective(nn.Module):
         super().__init__()
         self.options = options
         self.fake_reduction: Reduction = getattr(options, "fake_reduction", "mean")
+        self.progress = 0.0                 # the run's progress in [0, 1], set by the Distiller (annealed t draws)
+        self.noise_source: nn.Module | None = None
+
+    def use_noise_source(self, source: nn.Module | None) -> None:
+        """Draw eps from the modality's noise hook (text-to-3D's consistent noise) instead of i.i.d. normal;
+        None keeps i.i.d. A hook with state is saved with the objective."""
+        self.noise_source = source
 
     @property
     def fake_training_guidance(self) -> float:
@@ -52,16 +60,21 @@ class Objective(nn.Module):
 
     def noisy(self, x: torch.Tensor, schedule: Schedule) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(t, eps, x_t): the times and noise at which the generator loss compares the scores."""
-        t = draw_times(self.options, schedule, x.shape[0]).to(x)
-        eps = parallel.randn_like(x)
+        t = draw_times(self.options, schedule, x.shape[0], self.progress).to(x)
+        eps = parallel.randn_like(x) if self.noise_source is None else self.noise_source(x)
         return t, eps, schedule.add_noise(x, eps, t)
 
     def generator_step(self, generator: nn.Module, noise: torch.Tensor, cond, teacher: Denoiser,
                        fake: Denoiser | None, adversary: nn.Module | None = None
                        ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor | None]:
-        """(loss, logged scalars, samples): the generator's samples G(noise, cond) scored by `generator_loss`."""
+        """(loss, logged scalars, samples): the generator's samples G(noise, cond) scored by `generator_loss`, plus
+        the generator's own penalty on that forward, where it has one (a 3-D field's opacity entropy)."""
         x = generator(noise, cond).float()
         loss, metrics = self.generator_loss(x, cond, teacher, fake, adversary)
+        penalty = generator.penalty() if isinstance(generator, Generator) else None
+        if penalty is not None:
+            loss = loss + penalty
+            metrics["generator_penalty"] = penalty.item()
         return loss, metrics, x
 
     def generator_loss(self, x: torch.Tensor, cond, teacher: Denoiser, fake: Denoiser | None,
