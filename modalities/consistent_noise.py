@@ -87,12 +87,15 @@ def covered_texels(triangles: torch.Tensor, owner: torch.Tensor, axis: int, radi
     low = torch.ceil(uv.amin(1) - 0.5).clamp(0, resolution - 1).long()
     high = torch.floor(uv.amax(1) - 0.5).clamp(-1, resolution - 1).long()
     extent = (high - low + 1).clamp_min(0)
-    order = torch.argsort(extent.amax(-1), descending=True)
+    widest = extent.amax(-1).clamp_min(1)
+    order = torch.argsort(widest, descending=True)
+    widest = widest[order]
     texels, owners = [], []
     start = 0
     while start < len(order):
-        size = max(int(extent[order[start]].amax()), 1)          # the largest left: the chunk's window
-        pick = order[start:start + max(CANDIDATE_BUDGET // (size * size), 1)]
+        size = int(widest[start])             # the largest left sets the window; those over half as wide share it
+        sharing = int((widest[start:] > size // 2).sum())
+        pick = order[start:start + max(min(sharing, CANDIDATE_BUDGET // (size * size)), 1)]
         offsets = torch.arange(size, device=uv.device)
         cu = low[pick, 0, None, None] + offsets[None, :, None]
         cv = low[pick, 1, None, None] + offsets[None, None, :]
