@@ -1,6 +1,7 @@
 """Every text-to-3D config runs end to end: a tiny view teacher trained by `potstill train-teacher` on shapes3d,
-SDS, VSD and CFD into a voxel grid and an MLP field, `potstill eval` with the 3-D scores, `potstill export` of a
-PLY (read back by an independent parser) and a turntable; the errors name their key."""
+SDS, VSD and CFD into a voxel grid and an MLP field, CFD on the views themselves (the identity field),
+`potstill eval` with the 3-D scores, `potstill export` of a PLY (read back by an independent parser) and a
+turntable; the errors name their key."""
 
 import pytest
 from test_ply import read_ply
@@ -35,6 +36,7 @@ def test_every_shapes_config_runs_evaluates_and_exports(tiny_teacher, tmp_path, 
         distill(name, tmp_path / name, tiny_teacher)
     distill("cfd", tmp_path / "mlp", tiny_teacher, "generator.field={kind: mlp_field, width: 16}",
             "modality.consistent_noise.sqrt_beta=0.5", "modality.consistent_noise.refresh=0.01")
+    distill("cfd", tmp_path / "images", tiny_teacher, "generator.field={kind: identity, count: 4}")   # CFD's 2-D check
     capsys.readouterr()
     main(["eval", str(tmp_path / "cfd"), "--n", "2"])
     printed = capsys.readouterr().out
