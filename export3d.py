@@ -56,12 +56,12 @@ def export_run(request: ExportRequest) -> list[Path]:
     field.eval()
     written = []
     if request.ply is not None:
-        points, colours = field.surface_cloud(sphere_cameras(request.views).to(distiller.engine.device), request.size)
+        points, colours = field.surface_cloud(field.render_views(sphere_cameras(request.views), request.size))
         written.append(write_ply(request.ply, points.cpu(), colours.cpu()))
     if request.turntable is not None:
         distance, fovy = turntable_settings(distiller.modality)
         cameras = turntable_cameras(request.frames, TURNTABLE_ELEVATION, distance, fovy)
-        rgb = field.render_views(cameras.to(distiller.engine.device), request.size).rgb.cpu().clamp(0, 1)
+        rgb = field.render_views(cameras, request.size).rgb.cpu().clamp(0, 1)
         request.turntable.parent.mkdir(parents=True, exist_ok=True)
         if request.turntable.suffix == ".mp4":
             write_mp4((rgb * 255).round().to(torch.uint8), request.turntable, TURNTABLE_FPS)

@@ -6,6 +6,7 @@ the accumulated opacity crosses 1/2, chunked over rays."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -50,6 +51,12 @@ class Render:
     depth: torch.Tensor
     surface: torch.Tensor
     hit: torch.Tensor
+
+    def parts(self) -> list[torch.Tensor]:
+        return [getattr(self, f.name) for f in dataclasses.fields(self)]
+
+    def detach(self) -> Render:
+        return Render(*(part.detach() for part in self.parts()))
 
 
 def sphere_interval(origins: torch.Tensor, directions: torch.Tensor, radius: float
@@ -114,5 +121,5 @@ def render(field_module: Field, origins: torch.Tensor, directions: torch.Tensor,
     flat_o, flat_d = origins.reshape(-1, 3), directions.reshape(-1, 3)
     parts = [_render_rays(field_module, flat_o[i:i + options.chunk], flat_d[i:i + options.chunk], options, jitter)
              for i in range(0, flat_o.shape[0], options.chunk)]
-    return Render(*(torch.cat([getattr(p, name) for p in parts]).reshape(*shape, *getattr(parts[0], name).shape[1:])
-                    for name in ("rgb", "opacity", "depth", "surface", "hit")))
+    return Render(*(torch.cat(chunks).reshape(*shape, *chunks[0].shape[1:])
+                    for chunks in zip(*(p.parts() for p in parts), strict=True)))

@@ -38,8 +38,7 @@ def evaluate_generator(modality: Modality, generator: Generator, n: int, batch: 
     """Metrics of a student, at its own number of steps."""
     generator.eval()
     metrics = _collect(modality, generator.sample, n, batch, device)
-    with torch.no_grad():
-        return {"nfe": generator.nfe, **metrics, **modality.generator_metrics(generator)}
+    return {"nfe": generator.nfe, **metrics, **modality.generator_metrics(generator)}
 
 
 def evaluate_teacher(modality: Modality, teacher: Denoiser, nfe: int, n: int, batch: int, device="cpu",

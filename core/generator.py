@@ -16,6 +16,12 @@ from potstill.core.samplers import solve
 from potstill.core.time_draws import TimeOptions, draw_times
 
 
+def particle_index(noise: torch.Tensor, count: int) -> torch.Tensor:
+    """The particle each noise row picks (the normal CDF of its first element, scaled to `count`): every particle
+    equally likely, the same noise the same particle (SDS/VSD/CFD's each-sample-its-own-parameters students)."""
+    return (torch.special.ndtr(noise.flatten(1)[:, 0]) * count).long().clamp(max=count - 1)
+
+
 class Generator(nn.Module):
     """Base class: `forward` is the training-time output (with grad), `sample` the inference output.
     `chunk_frames` is set by students that generate video chunk by chunk (None: the whole sample at once).

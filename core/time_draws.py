@@ -37,9 +37,8 @@ class TimeOptions:
 
 def anneal_position(options: TimeOptions, progress: float) -> float:
     """The annealed position at `progress` in [0, 1] of the run: p interpolated between the `t_anneal` knots."""
-    knots = torch.tensor(options.t_anneal, dtype=torch.float64)
-    p = torch.from_numpy(np.interp([progress], knots[:, 0].numpy(), knots[:, 1].numpy()))
-    return float(options.t_high - (options.t_high - options.t_low) * p[0])
+    p = float(np.interp(progress, [k[0] for k in options.t_anneal], [k[1] for k in options.t_anneal]))
+    return options.t_high - (options.t_high - options.t_low) * p
 
 
 def draw_times(options: TimeOptions, schedule: Schedule, n: int, progress: float | None = None) -> torch.Tensor:

@@ -178,18 +178,22 @@ class ConsistentNoise(nn.Module):
                 ) -> torch.Tensor:
         """The noise an objective adds: sqrt_beta consistent + sqrt(1 - sqrt_beta^2) `fresh` (standard normal, the
         noise's shape; needed when sqrt_beta < 1)."""
-        noise, _ = self.consistent(surface, opacity)
-        beta = self.options.sqrt_beta
-        if beta == 1:
-            return noise
-        if fresh is None:
-            raise ValueError("noise.sqrt_beta below 1 mixes in fresh noise; pass it")
-        return beta * noise + math.sqrt(1 - beta**2) * fresh
+        return mix_fresh(self.consistent(surface, opacity)[0], fresh, self.options.sqrt_beta)
 
     @torch.no_grad()
     def refresh(self, generator: torch.Generator | None = None) -> None:
         """One SDE refresh of texels and background (CFD's weight_decay = sqrt(1 - gamma)); nothing when gamma = 0."""
         refresh_buffers([self.texels, self.background], self.options.refresh, generator)
+
+
+def mix_fresh(consistent: torch.Tensor, fresh: torch.Tensor | None, sqrt_beta: float) -> torch.Tensor:
+    """sqrt_beta consistent + sqrt(1 - sqrt_beta^2) fresh, both standard normal, so the mix is too (CFD's
+    `sqrt_beta`); the consistent noise alone at sqrt_beta = 1."""
+    if sqrt_beta == 1:
+        return consistent
+    if fresh is None:
+        raise ValueError("noise.sqrt_beta below 1 mixes in fresh noise; pass it")
+    return sqrt_beta * consistent + math.sqrt(1 - sqrt_beta**2) * fresh
 
 
 @torch.no_grad()

@@ -17,7 +17,7 @@ from potstill.backbones.fields import Field
 from potstill.backbones.view_dit import condition_cameras
 from potstill.backbones.volume_renderer import Render, RendererOptions, density, render
 from potstill.core.config import AT_LEAST_1, RULES, SECTION_REGISTRIES, Component, Rule
-from potstill.core.generator import Generator
+from potstill.core.generator import Generator, particle_index
 from potstill.core.registry import FIELDS, GENERATORS
 
 EMPTY_OPACITY = 0.01         # a view whose opacity stays below this everywhere shows nothing
@@ -52,12 +52,8 @@ class IdentityGenerator(Generator):
         self.field = identity
         self.last_index: torch.Tensor | None = None
 
-    def pick(self, noise: torch.Tensor) -> torch.Tensor:
-        count = len(self.field.values)
-        return (torch.special.ndtr(noise.flatten(1)[:, 0]) * count).long().clamp(max=count - 1)
-
     def forward(self, noise: torch.Tensor, cond=None) -> torch.Tensor:
-        self.last_index = self.pick(noise)
+        self.last_index = particle_index(noise, len(self.field.values))
         return self.field.values[self.last_index]
 
 
@@ -101,17 +97,17 @@ class FieldGenerator(Generator):
                              "them, or lower the generator's learning rate")
 
     def render_views(self, cameras: Cameras, image_size: int | None = None, jitter: bool = False) -> Render:
+        """The field seen by `cameras` (moved to the field's device) at `image_size` (default the teacher's)."""
         size = image_size or self.image_size
-        origins, directions = camera_rays(cameras, size, size)
+        origins, directions = camera_rays(cameras.to(self.empty_steps.device), size, size)
         return render(self.field, origins, directions, self.renderer, jitter)
 
     def forward(self, noise: torch.Tensor, cond=None) -> torch.Tensor:
-        out = self.render_views(condition_cameras(cond).to(noise.device), self.render_size, jitter=self.training)
+        out = self.render_views(condition_cameras(cond), self.render_size, jitter=self.training)
         if self.training and torch.is_grad_enabled():
             self.check_not_empty(out.opacity)
             self.last_opacity = out.opacity
-        self.last_render = Render(*(getattr(out, name).detach() for name in ("rgb", "opacity", "depth", "surface",
-                                                                              "hit")))
+        self.last_render = out.detach()
         views = rearrange(out.rgb, "b h w c -> b c h w")
         if self.render_size > self.image_size:
             views = F.interpolate(views, size=self.image_size, mode="area")
@@ -120,10 +116,9 @@ class FieldGenerator(Generator):
         return views * 2 - 1
 
     @torch.no_grad()
-    def surface_cloud(self, cameras: Cameras, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(points [N, 3], colours [N, 3] in [0, 1]): where the views' opacity crosses 1/2, and the field's colour
-        there (the cloud `potstill export --ply` writes and the 3-D scores compare)."""
-        out = self.render_views(cameras, image_size)
+    def surface_cloud(self, out: Render) -> tuple[torch.Tensor, torch.Tensor]:
+        """(points [N, 3], colours [N, 3] in [0, 1]): where the rendered views' opacity crosses 1/2, and the field's
+        colour there (the cloud `potstill export --ply` writes and the 3-D scores compare)."""
         points = out.surface[out.hit]
         colours = torch.cat([density(self.field, chunk, self.renderer)[1]
                              for chunk in points.split(self.renderer.chunk)]) if len(points) else points

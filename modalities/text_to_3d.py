@@ -126,10 +126,12 @@ class TextTo3DModality(Modality):
             return {}
         o = self.options
         cameras = sphere_cameras(o.eval_cameras)
-        points, colours = generator.surface_cloud(cameras, o.eval_image_size)
+        with torch.no_grad():
+            rendered = generator.render_views(cameras, o.eval_image_size)
+        points, colours = generator.surface_cloud(rendered)
         truth = analytic_surface(self.spec, cameras, o.eval_image_size)
         scores = surface_scores(points.cpu(), truth, o.f_score_threshold * max(self.spec.size))
-        opacity = generator.render_views(cameras, o.eval_image_size).opacity.cpu()
+        opacity = rendered.opacity.cpu()
         _, silhouette, _ = render_shape(self.spec, cameras, o.eval_image_size)
         colour_error = (float((colours.cpu() - torch.tensor(self.spec.color)).abs().mean()) if len(colours)
                         else 1.0)

@@ -14,7 +14,7 @@ from torchvision.utils import save_image
 
 from potstill.backbones.mlp import MLPBackbone, MLPOptions
 from potstill.core.denoiser import Denoiser, Prediction
-from potstill.core.generator import Generator
+from potstill.core.generator import Generator, particle_index
 from potstill.core.modality import Modality
 from potstill.core.real_data import RealData
 from potstill.core.registry import DATASETS, FAKE_SCORES, GENERATORS, MODALITIES, TEACHERS
@@ -209,8 +209,7 @@ class ParticleGenerator(Generator):
         self.points = nn.Parameter(torch.randn(count, dim) * init_std)
 
     def forward(self, noise, cond=None):
-        index = (torch.special.ndtr(noise[:, 0]) * len(self.points)).long().clamp(max=len(self.points) - 1)
-        return self.points[index]
+        return self.points[particle_index(noise, len(self.points))]
 
 
 @dataclass

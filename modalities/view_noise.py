@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from potstill.core import parallel
-from potstill.modalities.consistent_noise import ConsistentNoise, refresh_buffers
+from potstill.modalities.consistent_noise import ConsistentNoise, mix_fresh, refresh_buffers
 
 REFRESH_SEED = 7919
 
@@ -57,7 +57,5 @@ class ParticleNoise(CountedRefresh):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         refresh_buffers([self.values], self.refresh, self.next_generator())
-        fixed = self.values[self._last_index()].to(x)
-        if self.sqrt_beta == 1:
-            return fixed
-        return self.sqrt_beta * fixed + (1 - self.sqrt_beta**2) ** 0.5 * parallel.randn_like(x)
+        fresh = parallel.randn_like(x) if self.sqrt_beta < 1 else None
+        return mix_fresh(self.values[self._last_index()].to(x), fresh, self.sqrt_beta)

@@ -13,6 +13,7 @@ import torch
 
 from potstill.core.denoiser import Denoiser
 from potstill.core.objectives.base import Objective, Reduction
+from potstill.core.objectives.dmd2 import matching_loss
 from potstill.core.registry import OBJECTIVES
 from potstill.core.time_draws import TimeOptions, TimeSampling
 
@@ -27,12 +28,6 @@ class CFDOptions(TimeOptions):
     reduction: Reduction = "sum"
 
 
-def flow_consistency_loss(x: torch.Tensor, grad: torch.Tensor, reduction: Reduction) -> torch.Tensor:
-    """||x - sg(x - grad)||^2, summed per sample over the batch (`sum`) or averaged (`mean`): gradient 2 grad."""
-    per_element = (x - (x - grad).detach()) ** 2
-    return per_element.mean() if reduction == "mean" else per_element.sum() / x.shape[0]
-
-
 class CFD(Objective):
     uses_fake_score = False
 
@@ -41,7 +36,7 @@ class CFD(Objective):
         with torch.no_grad():
             t, _, x_t = self.noisy(x.detach(), teacher.schedule)
             grad = torch.nan_to_num(x.detach() - teacher.x0(x_t, t, cond, o.guidance))
-        loss = flow_consistency_loss(x, grad, o.reduction)
+        loss = 2 * matching_loss(x, grad, o.reduction)          # ||x - sg(x - grad)||^2: gradient 2 grad
         return loss, {"cfd": loss.item(), "cfd_grad_norm": grad.flatten(1).norm(dim=1).mean().item(),
                       "cfd_t": float(t[0])}
 
