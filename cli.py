@@ -14,7 +14,8 @@ def _distill(args) -> None:
     from potstill.core.config import load_config
     from potstill.runs import default_run_dir, distill
 
-    config = load_config(args.config, args.set)
+    prompt = [] if args.prompt is None else ["modality.shape=null", f"modality.prompt={json.dumps(args.prompt)}"]
+    config = load_config(args.config, args.set + prompt)
     run_dir = Path(args.out) if args.out else default_run_dir(args.config)
     distiller = distill(config, run_dir, args.resume, args.allow_change)
     print(json.dumps(json.loads((run_dir / "report.json").read_text()), indent=2))
@@ -113,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("distill", help="distil a teacher into a student from a YAML config")
     add_distill_arguments(p)
+    p.add_argument("--prompt", help="the subject of a text-conditioned teacher (text-to-3D): sets "
+                   "modality.prompt, in place of the config's modality.shape")
     p.set_defaults(func=_distill)
 
     p = sub.add_parser("train-teacher", help="train a teacher (any registered backbone, schedule and dataset) by "

@@ -1,7 +1,8 @@
 """A DiT conditioned on a view: what is seen (a class label) and from where (the camera), the 2-D teacher a
 text-to-3D field is distilled from (Zero-1-to-3 and MVDream condition on the camera the same way: an embedding of
 it added to the timestep's). The condition is one float tensor [B, 6] so that classifier-free dropout can swap
-rows for the null view: label, camera present (1) or dropped (0), elevation, azimuth (radians), distance, fovy."""
+rows for the null view: label, camera present (1) or dropped (0), elevation, azimuth (radians), distance, fovy;
+a text teacher's condition carries the subject's text embedding after those six."""
 
 from __future__ import annotations
 
@@ -18,10 +19,12 @@ LABEL, PRESENT, ELEVATION, AZIMUTH, DISTANCE, FOVY = range(6)
 CONDITION_WIDTH = 6
 
 
-def view_condition(labels: torch.Tensor, cameras: Cameras) -> torch.Tensor:
-    """The [B, 6] condition of views of classes `labels` [B] seen by `cameras`."""
-    return torch.stack([labels.float(), torch.ones_like(cameras.fovy), cameras.elevation, cameras.azimuth,
+def view_condition(labels: torch.Tensor, cameras: Cameras, text: torch.Tensor | None = None) -> torch.Tensor:
+    """The [B, 6] condition of views of classes `labels` [B] seen by `cameras`; [B, 6 + D] with the subjects' text
+    embeddings `text` [B, D] (a text teacher reads those and ignores the label)."""
+    view = torch.stack([labels.float(), torch.ones_like(cameras.fovy), cameras.elevation, cameras.azimuth,
                         cameras.distance, cameras.fovy], -1)
+    return view if text is None else torch.cat([view, text.to(view)], -1)
 
 
 def condition_cameras(cond: torch.Tensor) -> Cameras:
@@ -32,11 +35,13 @@ def condition_cameras(cond: torch.Tensor) -> Cameras:
 
 @dataclass
 class ViewDiTOptions(DiTOptions):
-    """DiT options; `num_classes` counts the views' subjects (a null class is added for guidance). A null
-    `input_size` or `num_classes` is filled from the data by `train-teacher`."""
+    """DiT options; `num_classes` counts the views' subjects (a null class is added for guidance), or `text_dim`
+    is the width of their text embeddings (a text teacher; num_classes 0). A null `input_size`, `num_classes` or
+    `text_dim` is filled from the data or the text encoder by `train-teacher`."""
 
     input_size: int | None = 32
     num_classes: int | None = None
+    text_dim: int | None = 0
     learn_sigma: bool = False
 
 
@@ -60,22 +65,29 @@ class ViewDiT(DiT):
     together (the unconditional model of classifier-free guidance)."""
 
     def __init__(self, options: ViewDiTOptions) -> None:
-        for key in ("input_size", "num_classes"):
-            if not getattr(options, key):
-                raise ValueError(f"backbone.{key}: a view DiT needs it (train-teacher fills a null from its data)")
+        if not options.input_size:
+            raise ValueError("backbone.input_size: a view DiT needs it (train-teacher fills a null from its data)")
+        if bool(options.num_classes) == bool(options.text_dim):
+            raise ValueError(f"backbone.num_classes, backbone.text_dim: a view DiT's subject is a class label or a "
+                             f"text embedding, exactly one of the two (got num_classes {options.num_classes}, "
+                             f"text_dim {options.text_dim})")
         super().__init__(options)
+        self.condition_width = CONDITION_WIDTH + (options.text_dim or 0)
         self.camera_embedder = CameraEmbedder(options.hidden_size)
 
     def null_condition(self, cond: torch.Tensor) -> torch.Tensor:
         null = torch.zeros_like(cond)
-        null[:, LABEL] = self.options.num_classes
+        null[:, LABEL] = self.options.num_classes or 0
         return null
 
     def embed_condition(self, cond) -> torch.Tensor:
-        if cond is None or not cond.is_floating_point() or cond.shape[-1] != CONDITION_WIDTH:
-            raise ValueError(f"view_dit: the condition must be a float tensor [B, {CONDITION_WIDTH}] from "
-                             f"view_condition, got {None if cond is None else tuple(cond.shape)}")
-        return self.y_embedder(cond[:, LABEL].round().long()) + self.camera_embedder(cond)
+        if cond is None or not cond.is_floating_point() or cond.shape[-1] != self.condition_width:
+            raise ValueError(f"view_dit: the condition must be a float tensor [B, {self.condition_width}] from "
+                             f"view_condition{' with text embeddings' if self.text_embedder else ''}, got "
+                             f"{None if cond is None else tuple(cond.shape)}")
+        subject = (self.text_embedder(cond[:, CONDITION_WIDTH:]) if self.text_embedder is not None
+                   else self.y_embedder(cond[:, LABEL].round().long()))
+        return subject + self.camera_embedder(cond)
 
 
 BACKBONES.register("view_dit", ViewDiTOptions)(ViewDiT)

@@ -131,9 +131,13 @@ RULES: dict[type, dict[str, Rule]] = {
 
 
 def check_rules(instance: Any, prefix: str) -> None:
-    """Range-check a loaded dataclass against its RULES, so a bad value fails at load, not hours into a run.
-    A null value is left alone: its type already said whether null is allowed."""
-    for name, rule in RULES.get(type(instance), {}).items():
+    """Range-check a loaded dataclass against its RULES and its base classes' (a subclass keeps its bases' rules
+    unless it restates them), so a bad value fails at load, not hours into a run. A null value is left alone: its
+    type already said whether null is allowed."""
+    rules = {}
+    for cls in reversed(type(instance).__mro__):
+        rules |= RULES.get(cls, {})
+    for name, rule in rules.items():
         value = getattr(instance, name)
         if value is not None and not rule.holds(value):
             raise ConfigError(f"{prefix}{name}: must be {rule.wants}, got {value!r}")

@@ -79,10 +79,12 @@ class TeacherRunConfig:
     sigma_data: float = 0.5
     label_dropout: float = 0.1
     codec: Component | None = None      # the teacher models the codec's encoding of the data (mel frames, latents)
+    text_encoder: Component | None = None   # embeds the data's captions or prompts; the teacher file records it
     train: TeacherTrainConfig = field(default_factory=TeacherTrainConfig)
 
 
-SECTIONS = {"backbone": reg.BACKBONES, "schedule": reg.SCHEDULES, "real_data": reg.DATASETS, "codec": reg.CODECS}
+SECTIONS = {"backbone": reg.BACKBONES, "schedule": reg.SCHEDULES, "real_data": reg.DATASETS, "codec": reg.CODECS,
+            "text_encoder": reg.TEXT_ENCODERS}
 SECTION_REGISTRIES[TeacherRunConfig] = SECTIONS
 RULES[TeacherTrainConfig] = {
     **dict.fromkeys(["steps", "batch_size", "log_every", "keep_checkpoints"], AT_LEAST_1),

@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from torch import nn
+
 from potstill.core import checkpoint as ckpt
 from potstill.core import registry as reg
 from potstill.core.codec import EncodedRealData, build_codec
@@ -26,13 +28,14 @@ FREE_HERE = ["train.device"]     # besides config_changes.FREE_ON_RESUME: where 
 
 @dataclass
 class DataContext:
-    """What a dataset builder may read: this config and the engine; no teacher, modality or text encoder."""
+    """What a dataset builder may read: this config, the engine and the text encoder (when the config has one); no
+    teacher or modality."""
 
     config: TeacherRunConfig
     engine: Engine
     teacher: None = None
     modality: None = None
-    text_encoder: None = None
+    text_encoder: nn.Module | None = None
 
 
 def options_dict(options) -> dict:
@@ -40,16 +43,21 @@ def options_dict(options) -> dict:
     return to_dict(options) if options is not None else {}
 
 
-def sized_to_data(options, real_data):
+def sized_to_data(options, real_data, text_encoder: nn.Module | None = None):
     """The backbone's options with a null `input_size` set to the data's frame or image side, a null `in_channels`
-    to its channels (both read from one sample, drawn before any state is saved or loaded) and a null
-    `num_classes` to the data's class count, so `--set real_data.canvas=16` or new tone classes need nothing
-    else."""
-    unset = [key for key in ("input_size", "in_channels", "num_classes")
+    to its channels (both read from one sample, drawn before any state is saved or loaded), a null
+    `num_classes` to the data's class count and a null `text_dim` to the text encoder's width, so
+    `--set real_data.canvas=16`, new tone classes or another text tower need nothing else."""
+    unset = [key for key in ("input_size", "in_channels", "num_classes", "text_dim")
              if hasattr(options, key) and getattr(options, key) is None]
     if not unset:
         return options
     sizes = {}
+    if "text_dim" in unset:
+        if text_encoder is None:
+            raise ValueError("backbone.text_dim: null takes the width of the run's text encoder, and this config "
+                             "has no text_encoder section; set one, or set text_dim")
+        sizes["text_dim"] = int(text_encoder.dim)
     if "num_classes" in unset:
         sizes["num_classes"] = getattr(real_data, "num_classes", None)
         if sizes["num_classes"] is None:
@@ -77,11 +85,14 @@ class TeacherTrainer(StepLoop):
                                                                       seed=t.seed))
         dataset = reg.DATASETS.get(config.real_data.kind, "real_data.kind")
         context = DataContext(config, self.engine)
+        if config.text_encoder is not None:
+            encoder = reg.TEXT_ENCODERS.get(config.text_encoder.kind, "text_encoder.kind")
+            context.text_encoder = encoder.builder(config.text_encoder.options, context)
         self.real_data = dataset.builder(config.real_data.options, context)
         self.codec = build_codec(config.codec, context)
         if self.codec is not None:
             self.real_data = EncodedRealData(self.real_data, self.codec.to(self.engine.device))
-        self.backbone_options = sized_to_data(config.backbone.options, self.real_data)
+        self.backbone_options = sized_to_data(config.backbone.options, self.real_data, context.text_encoder)
         backbone = reg.BACKBONES.get(config.backbone.kind, "backbone.kind").builder(self.backbone_options)
         schedule = reg.SCHEDULES.get(config.schedule.kind, "schedule.kind").builder(config.schedule.options)
         self.num_classes = int(getattr(self.backbone_options, "num_classes", 0) or 0)
@@ -166,7 +177,7 @@ class TeacherTrainer(StepLoop):
                 "schedule": c.schedule.kind, "schedule_options": options_dict(c.schedule.options),
                 "prediction": c.prediction, "sigma_data": c.sigma_data, "sample_shape": list(self.model.sample_shape),
                 "num_classes": self.num_classes, "data": to_dict(c.real_data), "codec": to_dict(c.codec),
-                "trained_steps": self.step}
+                "text_encoder": to_dict(c.text_encoder), "trained_steps": self.step}
 
     def write_teacher(self) -> Path:
         """`run_dir/teacher.safetensors`: the EMA backbone with the metadata, written atomically."""

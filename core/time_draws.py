@@ -6,12 +6,14 @@ the whole batch annealed over the run (CFD's `t_scheduler.py`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Literal
 
 import numpy as np
 import torch
 
 from potstill.core import parallel
+from potstill.core.config import RULES, Rule
 from potstill.core.schedules import Schedule
 
 TimeSampling = Literal["uniform", "dsm", "logit_normal", "annealed"]
@@ -33,6 +35,17 @@ class TimeOptions:
     t_mean: float = 0.0
     t_std: float = 1.0
     t_anneal: list[list[float]] = field(default_factory=lambda: [list(k) for k in CFD_ANNEAL])
+
+
+def _knots_hold(knots: list[list[float]]) -> bool:
+    """CFD's anneal knots: [progress, position] pairs, progress rising strictly from 0 to 1, positions in [0, 1]."""
+    progress = [k[0] for k in knots if len(k) == 2]
+    return (len(progress) == len(knots) >= 2 and progress[0] == 0 and progress[-1] == 1
+            and all(a < b for a, b in pairwise(progress)) and all(0 <= k[1] <= 1 for k in knots))
+
+
+RULES[TimeOptions] = {"t_anneal": Rule(_knots_hold, "[progress, position] pairs with progress rising from 0 to 1 "
+                                                    "and each position in [0, 1]")}
 
 
 def anneal_position(options: TimeOptions, progress: float) -> float:

@@ -23,12 +23,18 @@ BACKGROUND = 1.0            # white, in [0, 1]
 @dataclass
 class ShapeSpec:
     """One primitive: `kind` in KINDS, `size` its [x, y, z] extents (world units; the scene is the unit ball),
-    `color` its [r, g, b] in [0, 1]."""
+    `color` its [r, g, b] in [0, 1]; `prompt` its caption for a text-conditioned teacher (null: the name with
+    spaces, "red ball")."""
 
     name: str
     kind: str
     size: list[float]
     color: list[float]
+    prompt: str | None = None
+
+    @property
+    def caption(self) -> str:
+        return self.prompt if self.prompt is not None else self.name.replace("_", " ")
 
     def check(self, key: str) -> None:
         if self.kind not in KINDS:
@@ -67,8 +73,9 @@ class ShapesOptions:
         for i, raw in enumerate(self.shapes):
             key = f"real_data.shapes[{i}]"
             missing = {"name", "kind", "size", "color"} - set(raw)
-            if missing or set(raw) - {"name", "kind", "size", "color"}:
-                raise ConfigError(f"{key}: needs exactly name, kind, size and color; got {sorted(raw)}")
+            if missing or set(raw) - {"name", "kind", "size", "color", "prompt"}:
+                raise ConfigError(f"{key}: needs name, kind, size and color (and may have a prompt); got "
+                                  f"{sorted(raw)}")
             spec = ShapeSpec(**raw)
             spec.check(key)
             self.specs.append(spec)
@@ -98,9 +105,10 @@ def render_shape(spec: ShapeSpec, cameras: Cameras, image_size: int) -> tuple[to
     return rearrange(rgb, "b h w c -> b c h w"), silhouette, depth
 
 
-def shape_views(options: ShapesOptions, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def shape_views(options: ShapesOptions, n: int, generator: torch.Generator,
+                captions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """n exact views [n, 3, S, S] in [-1, 1] of shapes drawn uniformly, from the random camera sampler, and their
-    view conditions [n, 6]."""
+    view conditions [n, 6], or [n, 6 + D] with each shape's caption embedding from `captions` [K, D]."""
     labels = torch.randint(len(options.specs), (n,), generator=generator)
     cameras = sample_cameras(n, options.cameras, generator)
     views = torch.empty(n, 3, options.image_size, options.image_size)
@@ -108,10 +116,14 @@ def shape_views(options: ShapesOptions, n: int, generator: torch.Generator) -> t
         pick = (labels == k).nonzero()[:, 0]
         if len(pick):
             views[pick] = render_shape(spec, cameras[pick], options.image_size)[0]
-    return views * 2 - 1, view_condition(labels, cameras)
+    return views * 2 - 1, view_condition(labels, cameras, None if captions is None else captions[labels])
 
 
 @DATASETS.register("shapes3d", ShapesOptions)
 def build_shapes3d(options: ShapesOptions, context) -> SeededStream:
-    """`real_data: {kind: shapes3d, shapes, image_size, cameras}`: endless exact views, resumable exactly."""
-    return SeededStream(lambda n, g: shape_views(options, n, g), options.seed, options, len(options.specs))
+    """`real_data: {kind: shapes3d, shapes, image_size, cameras}`: endless exact views, resumable exactly; with a
+    text encoder in the run, each view carries its shape's caption embedding."""
+    encoder = getattr(context, "text_encoder", None)
+    captions = None if encoder is None else encoder.encode([spec.caption for spec in options.specs])
+    return SeededStream(lambda n, g: shape_views(options, n, g, captions), options.seed, options,
+                        len(options.specs))

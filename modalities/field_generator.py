@@ -64,25 +64,29 @@ class FieldGenerator(Generator):
     render, at its own size."""
 
     def __init__(self, scene: Field, renderer: RendererOptions, image_size: int, render_size: int | None = None,
-                 empty_patience: int = 50, opacity_entropy: float = 0.0) -> None:
+                 empty_patience: int = 50, opacity_entropy: float = 0.0, opacity_sparsity: float = 0.0) -> None:
         super().__init__()
         self.field, self.renderer, self.image_size = scene, renderer, image_size
         self.render_size = render_size or image_size
-        self.empty_patience, self.opacity_entropy = empty_patience, opacity_entropy
+        self.empty_patience, self.opacity_entropy, self.opacity_sparsity = (empty_patience, opacity_entropy,
+                                                                            opacity_sparsity)
         self.register_buffer("empty_steps", torch.zeros((), dtype=torch.long))
         self.last_render: Render | None = None
         self.last_opacity: torch.Tensor | None = None
 
     def penalty(self) -> torch.Tensor | None:
-        """threestudio's `lambda_opaque`: `opacity_entropy` times the binary entropy of each rendered pixel's
-        opacity, summed per view and averaged over the batch; it pushes pixels to empty or opaque, so the surface
-        is a sharp shell rather than a soft fog (the soft rim of a 32-pixel view leaves it a fog otherwise)."""
-        if not self.opacity_entropy or self.last_opacity is None:
+        """threestudio's `lambda_opaque` and `lambda_sparsity`, each summed over a view's pixels and averaged over
+        the batch: `opacity_entropy` times the binary entropy of each pixel's opacity pushes pixels to empty or
+        opaque, so the surface is a sharp shell rather than a soft fog (the soft rim of a 32-pixel view leaves it
+        a fog otherwise); `opacity_sparsity` times sqrt(opacity^2 + 0.01) charges for matter that no view needs,
+        such as white matter against the white background, which no objective sees but the surface would keep."""
+        if not (self.opacity_entropy or self.opacity_sparsity) or self.last_opacity is None:
             return None
         o = self.last_opacity.clamp(1e-5, 1 - 1e-5)
-        entropy = -(o * o.log() + (1 - o) * (1 - o).log())
         self.last_opacity = None
-        return self.opacity_entropy * entropy.sum() / o.shape[0]
+        entropy = -(o * o.log() + (1 - o) * (1 - o).log())
+        sparsity = (o.square() + 0.01).sqrt()
+        return (self.opacity_entropy * entropy + self.opacity_sparsity * sparsity).sum() / o.shape[0]
 
     def check_not_empty(self, opacity: torch.Tensor) -> None:
         """Refuse to go on once every training view has been empty (opacity below EMPTY_OPACITY everywhere) for
@@ -130,8 +134,8 @@ class FieldGeneratorOptions:
     """`field`: a registered field (`voxel_grid`, `mlp_field`, or `identity`: the samples themselves);
     `renderer`: how a 3-D field becomes views (unused by `identity`); `render_size`: pixels across a rendered
     view (null: the teacher's), which needs `resize: true` to differ from the teacher's; `empty_patience`: training
-    steps of all-empty views after which the run stops with an error; `opacity_entropy`: the weight of the
-    opacity entropy penalty (0: none)."""
+    steps of all-empty views after which the run stops with an error; `opacity_entropy`, `opacity_sparsity`: the
+    weights of the opacity entropy and sparsity penalties (0: none)."""
 
     field: Component = dataclasses.field(
         default_factory=lambda: Component("voxel_grid", FIELDS.get("voxel_grid").options()))
@@ -140,11 +144,13 @@ class FieldGeneratorOptions:
     resize: bool = False
     empty_patience: int = 50
     opacity_entropy: float = 0.0
+    opacity_sparsity: float = 0.0
 
 
 SECTION_REGISTRIES[FieldGeneratorOptions] = {"field": FIELDS}
 RULES[FieldGeneratorOptions] = {"render_size": AT_LEAST_1, "empty_patience": AT_LEAST_1,
-                                "opacity_entropy": Rule(lambda v: v >= 0, "at least 0")}
+                                "opacity_entropy": Rule(lambda v: v >= 0, "at least 0"),
+                                "opacity_sparsity": Rule(lambda v: v >= 0, "at least 0")}
 
 
 @GENERATORS.register("field", FieldGeneratorOptions)
@@ -161,4 +167,4 @@ def build_field_generator(options: FieldGeneratorOptions, context) -> Generator:
         raise ValueError(f"generator.render_size: {options.render_size} differs from the teacher's {size}x{size} "
                          "views; set generator.resize: true to resize the renders to it, or leave render_size null")
     return FieldGenerator(scene, options.renderer, size, options.render_size, options.empty_patience,
-                          options.opacity_entropy)
+                          options.opacity_entropy, options.opacity_sparsity)

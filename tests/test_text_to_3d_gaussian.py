@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from potstill.core.config import load_config
+from potstill.core.config import ConfigError, load_config
 from potstill.core.distiller import Distiller
 from potstill.core.objectives.cfd import CFD, CFDOptions
 from potstill.core.schedules import build_schedule
@@ -92,6 +92,14 @@ def test_the_annealed_time_follows_cfds_schedule_and_is_shared_by_the_batch(prog
     assert torch.equal(t, t[:1].expand(7))
     with pytest.raises(ValueError, match="'annealed' follows a run's progress"):
         draw_times(options, schedule, 7)
+
+
+@pytest.mark.parametrize("knots", ["[[0, 0], [0.5, 0.3], [0.4, 0.6], [1, 0.8]]", "[[0, 0], [1, 1.5]]",
+                                   "[[0.1, 0], [1, 0.5]]", "[[0, 0]]"])
+def test_anneal_knots_must_rise_from_start_to_end(knots):
+    with pytest.raises(ConfigError, match=r"objective\.t_anneal: must be \[progress, position\] pairs with progress "
+                                          r"rising from 0 to 1"):
+        load_config(CONFIGS / "text_to_3d" / "gaussian_identity_cfd.yaml", [f"objective.t_anneal={knots}"])
 
 
 def test_a_cfd_run_with_refreshed_noise_resumes_exactly(tmp_path):

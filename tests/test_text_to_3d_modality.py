@@ -103,13 +103,15 @@ def test_eval_settings_name_their_key():
         modality(shape="red_ball", f_score_threshold=0.0)
 
 
-def test_the_opacity_entropy_penalty_is_the_binary_entropy_of_the_training_views():
+def test_the_opacity_penalties_are_entropy_and_sparsity_of_the_training_views():
     cameras = sample_cameras(2, CameraOptions(), torch.Generator().manual_seed(5))
-    generator = FieldGenerator(ExactBall(), RendererOptions(samples=64, blob_scale=0.0), SIZE, opacity_entropy=0.3)
+    generator = FieldGenerator(ExactBall(), RendererOptions(samples=64, blob_scale=0.0), SIZE, opacity_entropy=0.3,
+                               opacity_sparsity=0.7)
     assert generator.penalty() is None
     generator(torch.zeros(2, 3, SIZE, SIZE), view_condition(torch.zeros(2), cameras))
     o = generator.last_render.opacity.clamp(1e-5, 1 - 1e-5)
-    expected = 0.3 * -(o * o.log() + (1 - o) * (1 - o).log()).sum() / 2
+    entropy = -(o * o.log() + (1 - o) * (1 - o).log())
+    expected = (0.3 * entropy.sum() + 0.7 * (o**2 + 0.01).sqrt().sum()) / 2
     torch.testing.assert_close(generator.penalty(), expected)
     assert generator.penalty() is None                      # one penalty per training forward
     with torch.no_grad():
