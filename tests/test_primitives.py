@@ -71,7 +71,8 @@ def test_a_view_is_the_colour_on_white():
     ({"name": "a", "kind": "box", "size": [0.5, 0.5], "color": [1, 0, 0]}, r"shapes\[0\].size"),
     ({"name": "a", "kind": "box", "size": [1.5, 1.5, 1.5], "color": [1, 0, 0]}, r"shapes\[0\].size: the shape must"),
     ({"name": "a", "kind": "box", "size": [0.5, 0.5, 0.5], "color": [1, 0, 2]}, r"shapes\[0\].color"),
-    ({"name": "a", "kind": "box", "size": [0.5, 0.5, 0.5]}, r"shapes\[0\]: needs exactly"),
+    ({"name": "a", "kind": "box", "size": [0.5, 0.5, 0.5]}, r"shapes\[0\]: needs name, kind, size and color"),
+    ({"name": "a", "kind": "box", "size": [0.5, 0.5, 0.5], "color": [1, 0, 0], "label": 3}, r"shapes\[0\]: needs name"),
 ])
 def test_bad_shapes_name_their_key(shape, message):
     with pytest.raises(ConfigError, match=message):
