@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from potstill.core.config import load_component
 from potstill.core.registry import TEXT_ENCODERS
 
 
@@ -100,3 +101,9 @@ class OpenClipTextEncoder(nn.Module):
 
 
 TEXT_ENCODERS.register("open_clip", OpenClipTextOptions)(lambda options, context: OpenClipTextEncoder(options))
+
+
+def text_encoder_from_section(raw: dict[str, Any]) -> nn.Module:
+    """A registered text encoder from a raw `text_encoder` section (a config file's, or a teacher file's record)."""
+    section = load_component("text_encoder", raw)
+    return TEXT_ENCODERS.get(section.kind, "text_encoder.kind").builder(section.options, None)

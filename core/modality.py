@@ -18,6 +18,11 @@ def noise_and_labels(n: int, sample_shape: tuple[int, ...], num_classes: int,
     return noise, (torch.randint(num_classes, (n,), generator=generator) if num_classes else None)
 
 
+def teacher_text_dim(teacher) -> int:
+    """The width of the text embeddings a teacher's backbone takes (0: it takes none)."""
+    return getattr(getattr(getattr(teacher, "backbone", None), "options", None), "text_dim", 0) or 0
+
+
 class Modality(ABC):
     sample_shape: tuple[int, ...]
     sample_formats: tuple[str, ...] = ()     # file suffixes `save_samples` writes for a person to look at

@@ -40,8 +40,8 @@ def _inspect(args) -> None:
 
 
 def _embed(args) -> None:
-    from potstill.core.config import apply_overrides, load_component, read_yaml
-    from potstill.core.registry import TEXT_ENCODERS
+    from potstill.backbones.text_encoders import text_encoder_from_section
+    from potstill.core.config import apply_overrides, read_yaml
     from potstill.data.embed import embed_shards, shard_targets
 
     shard_targets(args.pattern, Path(args.out_dir))     # a bad OUT_DIR fails before the encoder is loaded
@@ -51,8 +51,7 @@ def _embed(args) -> None:
             raise ValueError(f"--config {args.config}: has no text_encoder section")
     else:
         raw = apply_overrides({"kind": "open_clip", "model": args.model, "checkpoint": args.checkpoint}, args.set)
-    section = load_component("text_encoder", raw)
-    encoder = TEXT_ENCODERS.get(section.kind, "text_encoder.kind").builder(section.options, None)
+    encoder = text_encoder_from_section(raw)
     summary = embed_shards(args.pattern, Path(args.out_dir), encoder.encode, args.caption_field, args.field)
     print(summary.describe())
     print(f"embedding width {encoder.dim}; train with real_data.condition: embedding, embedding_field: {args.field}")

@@ -14,7 +14,7 @@ from potstill.backbones.digits_classifier import DigitsClassifier
 from potstill.backbones.dit import PRESETS, DiT, DiTOptions
 from potstill.core.config import from_dict
 from potstill.core.denoiser import Denoiser, Prediction
-from potstill.core.modality import Modality, noise_and_labels
+from potstill.core.modality import Modality, noise_and_labels, teacher_text_dim
 from potstill.core.registry import MODALITIES, TEACHERS
 from potstill.core.schedules import build_schedule
 from potstill.core.weights import check_state, load_frozen, read_state, resolve_weights
@@ -112,7 +112,7 @@ def prompt_embeddings(options: ImageOptions, teacher: Denoiser, text_encoder) ->
         return None
     if text_encoder is None:
         raise ValueError("modality.prompts: prompts need a text encoder; set the run's text_encoder section")
-    text_dim = getattr(getattr(teacher.backbone, "options", None), "text_dim", 0)
+    text_dim = teacher_text_dim(teacher)
     if text_dim != text_encoder.dim:
         raise ValueError(f"modality.prompts: the teacher takes text embeddings of width {text_dim}, the text encoder "
                          f"makes {text_encoder.dim}")

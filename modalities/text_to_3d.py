@@ -15,10 +15,11 @@ import torch
 from torchvision.utils import save_image
 
 from potstill.backbones.cameras import CameraOptions, sample_cameras, sphere_cameras
+from potstill.backbones.text_encoders import text_encoder_from_section
 from potstill.backbones.view_dit import condition_cameras, view_condition
-from potstill.core.config import AT_LEAST_1, RULES, ConfigError, Rule, from_dict, load_component
-from potstill.core.modality import Modality
-from potstill.core.registry import MODALITIES, TEXT_ENCODERS
+from potstill.core.config import AT_LEAST_1, RULES, ConfigError, Rule, from_dict
+from potstill.core.modality import Modality, teacher_text_dim
+from potstill.core.registry import MODALITIES
 from potstill.core.teacher_file import teacher_data
 from potstill.data.shapes3d import ShapesOptions, ShapeSpec, render_shape
 from potstill.modalities.consistent_noise import ConsistentNoise, ConsistentNoiseOptions
@@ -67,8 +68,7 @@ def teacher_text_encoder(teacher, text_encoder):
     if section is None:
         raise ConfigError("text_encoder: this text teacher's file records no text encoder; set the run's "
                           "text_encoder section")
-    component = load_component("text_encoder", section)
-    return TEXT_ENCODERS.get(component.kind, "text_encoder.kind").builder(component.options, None)
+    return text_encoder_from_section(section)
 
 
 class TextTo3DModality(Modality):
@@ -108,7 +108,7 @@ class TextTo3DModality(Modality):
 
     def _text(self, options: TextTo3DOptions, teacher, text_encoder) -> torch.Tensor | None:
         """The subject's text embedding [D] for a text teacher (the prompt's, or the named shape's caption's)."""
-        text_dim = getattr(getattr(getattr(teacher, "backbone", None), "options", None), "text_dim", 0) or 0
+        text_dim = teacher_text_dim(teacher)
         if not text_dim:
             if options.prompt is not None:
                 names = ", ".join(s.name for s in self.shapes.specs)
