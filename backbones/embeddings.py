@@ -9,10 +9,12 @@ from torch import nn
 
 
 def sinusoidal(values: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """[B] -> [B, dim]: cos and sin at geometrically spaced frequencies (DDPM / DiT timestep embedding)."""
+    """[B] -> [B, dim]: cos and sin at geometrically spaced frequencies (DDPM / DiT timestep embedding), in float32
+    or, for float64 values, in float64 (so a JVP along t is as exact as the rest of a float64 model)."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=values.device) / half)
-    args = values.float()[:, None] * freqs[None]
+    dtype = torch.promote_types(values.dtype, torch.float32)
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=dtype, device=values.device) / half)
+    args = values.to(dtype)[:, None] * freqs[None]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 

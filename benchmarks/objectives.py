@@ -28,7 +28,8 @@ import matplotlib.pyplot as plt
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
-OBJECTIVES = ["dmd2", "dmd", "vsd", "sid", "sid_lsg", "sida", "sim", "fdistill", "sds", "add", "ladd", "apt"]
+OBJECTIVES = ["dmd2", "dmd", "vsd", "sid", "sid_lsg", "sida", "sim", "fdistill", "uni_instruct", "cd", "scm", "sds",
+              "add", "ladd", "apt"]
 SUITES = {
     "vector": {"config": "vector/gmm_{}.yaml", "quality": "swd", "recall": "mode_recall", "n_eval": 5000},
     "digits": {"config": "image/digits_{}.yaml", "quality": "fdd", "recall": "class_recall_mean", "n_eval": 1000},

@@ -165,7 +165,7 @@ class Distiller(StepLoop):
         if self.objective.needs_adversary and not hasattr(self.adversary, "logits_at"):
             raise ValueError(f"adversary: objective {kind!r} reads a feature discriminator's logits at noisy t; "
                              "set adversary.kind to feature_gan, ladd or apt")
-        if self.objective.needs_adversary and self.adversary.options.generator_weight <= 0:
+        if self.objective.requires_gan_term and self.adversary.options.generator_weight <= 0:
             raise ValueError(f"adversary.generator_weight: objective {kind!r} needs its GAN term; make it > 0")
         if self.adversary is not None and not self.objective.samples_generator:
             raise ValueError(f"adversary: objective {kind!r} feeds the generator its own inputs and draws no samples "
@@ -285,6 +285,7 @@ class Distiller(StepLoop):
             for module in frozen:
                 module.requires_grad_(True)
         self.ema.update(self.generator)
+        self.objective.after_generator_step(self.generator)
         self.last_generator_step = self.step
         return result
 
@@ -293,7 +294,7 @@ class Distiller(StepLoop):
             noise, cond = self.training_inputs(self.micro_batch)
             loss, metrics, x = self.objective.generator_step(self.generator, noise, cond, self.teacher,
                                                              self.fake_score, self.adversary)
-            if self.adversary is not None:
+            if self.adversary is not None and self.adversary.options.generator_weight:
                 g_adv = self.adversary.generator_loss(x, cond, self.paired_real(noise, cond))
                 loss = loss + self.adversary.options.generator_weight * g_adv
                 metrics["g_adv"] = g_adv.item()

@@ -65,6 +65,16 @@ def draw_times(options: TimeOptions, schedule: Schedule, n: int, progress: float
     return parallel.draw_local(lambda m: _draw(options, schedule, m), n)
 
 
+def log_snr_slope(schedule: Schedule, position: torch.Tensor) -> torch.Tensor:
+    """d lambda / d position [n] in float64, lambda = log(alpha^2 / sigma^2) at t = t_at(position): how much
+    log-SNR a unit of position covers, for weights that make a draw uniform in position unbiased in lambda."""
+    with torch.enable_grad():
+        p = position.detach().double().requires_grad_(True)
+        t = schedule.t_at(p)
+        log_snr = 2 * (schedule.alpha(t).log() - schedule.sigma(t).log())
+        return torch.autograd.grad(log_snr.sum(), p)[0]
+
+
 def _draw(options: TimeOptions, schedule: Schedule, n: int) -> torch.Tensor:
     if options.t_sampling == "dsm":
         return schedule.sample_dsm_t(n)

@@ -4,6 +4,8 @@ E[x0 | x_t] is a responsibility-weighted sum of per-component posterior means, f
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from potstill.core.denoiser import Denoiser
@@ -51,6 +53,12 @@ class GaussianMixture:
         """p(component k | x_t) for noisy points x_t [B, d] at per-sample alpha, sigma [B]."""
         return self._responsibilities(*self._noisy_components(x, alpha, sigma))
 
+    def log_density(self, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """log p_t(x_t) [B] in float64 of the noisy marginal, a mixture of N(alpha mu_k, alpha^2 S_k^2 + sigma^2)."""
+        var, diff = self._noisy_components(x.double(), alpha.double(), sigma.double())
+        log_normal = -0.5 * (diff**2 / var + var.log() + math.log(2 * math.pi)).sum(-1)
+        return torch.logsumexp(log_normal + self.weights.to(x.device).log()[None], dim=1)
+
     def posterior_mean(self, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """E[x0 | x_t] in float64: sum_k r_k (mu_k + alpha S_k^2 / var_k (x_t - alpha mu_k))."""
         x = x.double()
@@ -80,6 +88,10 @@ class GaussianMixtureDenoiser(Denoiser):
         s = self.schedule
         return self.mixture.posterior_mean(x_t, s.alpha(t), s.sigma(t)).to(x_t.dtype), None
 
+    def log_density(self, x_t: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
+        """log p_t(x_t) [B], exact (Uni-Instruct's `ratio: exact` reads it)."""
+        return self.mixture.log_density(x_t, self.schedule.alpha(t), self.schedule.sigma(t))
+
 
 class GaussianPosteriorDenoiser(Denoiser):
     """The exact fake score of a Gaussian generator N(mu, L L^T): E[x0 | x_t] =
@@ -90,17 +102,30 @@ class GaussianPosteriorDenoiser(Denoiser):
         super().__init__(None, schedule, "x0", 1.0, (generator.mean.shape[0],))
         self.generator = [generator]   # a list, so the generator's parameters are not this module's
 
-    def _raw(self, x_t, t, cond, features):
-        if features is not None:
-            raise ValueError("the exact Gaussian fake score has no inner features")
+    def _noisy_marginal(self, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(mu, C, alpha [B, 1, 1], covariance of x_t [B, d, d]) in float64, the generator's parameters detached."""
         g = self.generator[0]
         mu = g.mean.detach().double()
         scale = g.scale_tril().detach().double()
         cov = scale @ scale.T
-        alpha = per_sample(self.schedule.alpha(t), x_t).double()[:, :, None]
-        sigma = per_sample(self.schedule.sigma(t), x_t).double()[:, :, None]
+        alpha = per_sample(self.schedule.alpha(t), like).double()[:, :, None]
+        sigma = per_sample(self.schedule.sigma(t), like).double()[:, :, None]
         eye = torch.eye(mu.shape[0], dtype=torch.float64, device=mu.device)
-        precision_system = alpha**2 * cov[None] + sigma**2 * eye[None]              # [B, d, d]
+        return mu, cov, alpha, alpha**2 * cov[None] + sigma**2 * eye[None]
+
+    def _raw(self, x_t, t, cond, features):
+        if features is not None:
+            raise ValueError("the exact Gaussian fake score has no inner features")
+        mu, cov, alpha, noisy_cov = self._noisy_marginal(t, x_t)
         residual = x_t.double() - alpha[:, :, 0] * mu[None]
-        solved = torch.linalg.solve(precision_system, residual[..., None])[..., 0]
+        solved = torch.linalg.solve(noisy_cov, residual[..., None])[..., 0]
         return (mu[None] + alpha[:, :, 0] * (solved @ cov.T)).to(x_t.dtype), None
+
+    def log_density(self, x_t: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
+        """log q_t(x_t) [B] of the generator's noisy marginal N(alpha mu, alpha^2 C + sigma^2 I), exact."""
+        mu, _, alpha, noisy_cov = self._noisy_marginal(t, x_t)
+        cholesky = torch.linalg.cholesky(noisy_cov)
+        residual = (x_t.double() - alpha[:, :, 0] * mu[None])[..., None]
+        whitened = torch.linalg.solve_triangular(cholesky, residual, upper=False)[..., 0]
+        log_det = 2 * cholesky.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        return -0.5 * (whitened.square().sum(-1) + log_det + mu.shape[0] * math.log(2 * math.pi))

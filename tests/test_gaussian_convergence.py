@@ -1,14 +1,13 @@
 """Each objective, with the exact teacher and the exact fake score of a Gaussian generator x = mu + L z,
-drives mu and L L^T to the teacher's mean and covariance (here N([1, -2], diag(0.25, 2.25))). f-distill
-reads the exact log density ratio; SDS, which has no fake score, collapses onto the mean instead."""
+drives mu and L L^T to the teacher's mean and covariance (here N([1, -2], diag(0.25, 2.25))). f-distill and
+Uni-Instruct read the exact log density ratio; SDS, which has no fake score, collapses onto the mean instead."""
 
 import copy
 
 import pytest
 import torch
-from torch.distributions import MultivariateNormal
 
-from objective_fixtures import TEACHER_MEAN, TEACHER_STD, gaussian_setup
+from objective_fixtures import gaussian_setup
 from potstill.core.distiller import Distiller
 from potstill.core.objectives.fdistill import FDistill, FDistillOptions
 from potstill.core.schedules import EDMSchedule
@@ -29,6 +28,10 @@ OBJECTIVES = {
     "dmd_with_regression": {"kind": "dmd", "pairs": 512, "pair_nfe": 35},
     "sim_pseudo_huber": {"kind": "sim", "distance": "pseudo_huber", "c": 1.0},
     "sim_l2": {"kind": "sim", "distance": "l2"},
+    **{f"uni_instruct_{d}": {"kind": "uni_instruct", "divergence": d, "ratio": "exact"}
+       for d in ("rkl", "fkl", "jeffreys", "js", "pearson", "neyman", "hellinger")},
+    "uni_instruct_fkl_unbiased": {"kind": "uni_instruct", "divergence": "fkl", "ratio": "exact",
+                                  "weighting": "unbiased"},
 }
 SCHEDULE = {"dmd2_paper_vp": "vp_linear", "vsd_vp": "vp_linear"}
 
@@ -62,20 +65,14 @@ def test_sds_collapses_onto_the_teacher_mean():
 
 
 class ExactLogRatio:
-    """log p_teacher,t(x_t) - log q_theta,t(x_t) for the Gaussian teacher and the Gaussian generator:
-    the discriminator f-distill would learn, exactly."""
+    """log p_teacher,t(x_t) - log q_theta,t(x_t) from the exact teacher's and exact fake score's densities: the
+    discriminator f-distill would learn, exactly."""
 
-    def __init__(self, generator, schedule):
-        self.generator, self.schedule = generator, schedule
+    def __init__(self, teacher, fake):
+        self.teacher, self.fake = teacher, fake
 
     def logits_at(self, x_t, t, cond):
-        a, s = self.schedule.alpha(t).double()[:, None, None], self.schedule.sigma(t).double()[:, None, None]
-        eye = torch.eye(2, dtype=torch.float64)
-        scale = self.generator.scale_tril().detach().double()
-        student = MultivariateNormal(a[:, :, 0] * self.generator.mean.detach().double(),
-                                     a**2 * scale @ scale.T + s**2 * eye)
-        teacher = MultivariateNormal(a[:, :, 0] * TEACHER_MEAN, a**2 * torch.diag(TEACHER_STD**2) + s**2 * eye)
-        return (teacher.log_prob(x_t.double()) - student.log_prob(x_t.double())).float()
+        return (self.teacher.log_density(x_t, t) - self.fake.log_density(x_t, t)).float()
 
 
 @pytest.mark.parametrize("divergence", ["js", "kl", "rkl", "hellinger"])
@@ -84,7 +81,7 @@ def test_fdistill_with_the_exact_ratio_converges(divergence):
     schedule = EDMSchedule()
     generator, teacher, fake = gaussian_setup(schedule)
     objective = FDistill(FDistillOptions(divergence=divergence))
-    ratio = ExactLogRatio(generator, schedule)
+    ratio = ExactLogRatio(teacher, fake)
     optimizer = torch.optim.Adam(generator.parameters(), lr=1e-2, betas=(0.9, 0.99))
     average = copy.deepcopy(generator)
     for _ in range(1500):

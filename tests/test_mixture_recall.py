@@ -1,5 +1,5 @@
-"""MLP generator and learned MLP fake score on the 2-D 8-mode ring, with the shipped configs: every
-mode recalled, and sliced W2 close to the teacher's many-step sampler."""
+"""MLP students (and learned MLP fake scores and discriminators where the method has them) on the 2-D 8-mode ring,
+with the shipped configs: every mode recalled, and sliced W2 close to the teacher's many-step sampler."""
 
 import pytest
 
@@ -17,10 +17,14 @@ def teacher_swd():
     return evaluate_teacher(distiller.modality, distiller.teacher, 35, 10_000, 5000)["swd"]
 
 
-@pytest.mark.parametrize("name", ["gmm_dmd2", "gmm_sid"])
+STEPS = {"gmm_uni_instruct": 3000}     # of its 6000: enough for the check, half the time
+
+
+@pytest.mark.parametrize("name", ["gmm_dmd2", "gmm_sid", "gmm_uni_instruct", "gmm_cd", "gmm_scm"])
 def test_mlp_student_recalls_every_mode(name, teacher_swd):
+    overrides = [f"train.steps={STEPS[name]}"] if name in STEPS else []
     config = load_config(CONFIGS / "vector" / f"{name}.yaml",
-                         ["train.progress=false", "train.sample_every=0", "train.checkpoint_every=0"])
+                         ["train.progress=false", "train.sample_every=0", "train.checkpoint_every=0", *overrides])
     distiller = Distiller(config)
     distiller.train()
     student = distiller.evaluate()["student"]

@@ -21,6 +21,10 @@ RESUMED = {
     "dmd_pairs_cursor": {"objective": {"kind": "dmd", "pairs": 40, "pair_nfe": 5}},
     "fdistill_adversary": {"objective": "fdistill", "adversary": "feature_gan", "real_data": "mixture"},
     "sida_real_data": {"objective": "sida", "real_data": "mixture"},
+    "uni_instruct_discriminator_ratio": {"objective": "uni_instruct", "adversary": "feature_gan",
+                                         "real_data": "mixture"},
+    "cd_target_network": {"objective": "cd", "fake_score": None, "real_data": "mixture",
+                          "generator": {"kind": "consistency", "network": {"kind": "mlp", "hidden": 32, "depth": 2}}},
 }
 
 

@@ -65,6 +65,27 @@ def test_a_field_that_is_the_shape_scores_near_one_against_the_analytic_surface(
     assert smaller["f_score"] < 0.5 and smaller["field_iou"] < 0.8      # the same field over a larger scene
 
 
+class PaintedAir(ExactBall):
+    """The exact ball in a field whose empty space is painted blue, as a fitted voxel grid's unconstrained voxels
+    are: no view shows the paint."""
+
+    def forward(self, points):
+        density, colour = super().forward(points)
+        return density, torch.where(density[..., None] > 0, colour, torch.tensor([0.1, 0.2, 0.9]))
+
+
+def test_the_surface_colour_is_what_the_rays_show_not_the_field_at_the_point():
+    """The cloud's colours are the views' (background taken out): paint in empty space, which trilinear lookup at
+    the half-opacity point would mix in, does not reach them; on a grey background as on white."""
+    for background in ([1.0, 1.0, 1.0], [0.5, 0.5, 0.5]):
+        renderer = RendererOptions(samples=64, blob_scale=0.0, background=background)
+        generator = FieldGenerator(PaintedAir(), renderer, SIZE)
+        rendered = generator.render_views(condition_cameras(modality(shape="red_ball").draw_inputs(4)[1]), 32)
+        _, colours = generator.surface_cloud(rendered)
+        torch.testing.assert_close(colours, torch.tensor(DEFAULT_SHAPES[0]["color"]).expand_as(colours),
+                                   rtol=0, atol=1e-4)
+
+
 def test_views_are_rendered_from_the_cameras_in_the_conditions():
     cameras = sample_cameras(3, CameraOptions(), torch.Generator().manual_seed(4))
     generator = FieldGenerator(ExactBall(), RendererOptions(samples=256, blob_scale=0.0), SIZE).eval()

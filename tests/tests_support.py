@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import torch
+
 import potstill  # noqa: F401  (registers the built-in components)
 from potstill.core.config import RunConfig, deep_merge, load_config
 from potstill.core.distiller import Distiller
@@ -20,6 +22,31 @@ RING = {
     "means": [[4, 0], [2.83, 2.83], [0, 4], [-2.83, 2.83], [-4, 0], [-2.83, -2.83], [0, -4], [2.83, -2.83]],
     "stds": [0.3] * 8,
 }
+
+
+def trained_consistency_student(objective: dict, steps: int, **generator):
+    """The EMA of an MLP consistency student trained by `objective` on exact draws of the default Gaussian
+    teacher N([1, -2], diag(0.25, 2.25))."""
+    config = make_config(objective=objective, fake_score=None, real_data="mixture",
+                         generator={"kind": "consistency", "network": {"kind": "mlp", "hidden": 64, "depth": 2},
+                                    **generator},
+                         train={"steps": steps, "batch_size": 256, "ema_decay": 0.98},
+                         optim={"generator": {"lr": 1e-3, "betas": [0.9, 0.99]}})
+    distiller = Distiller(config)
+    distiller.train()
+    return distiller.ema.model
+
+
+def assert_samples_the_gaussian_teacher(student, steps: int) -> None:
+    """The student's `steps`-step samples have the default Gaussian teacher's mean (within 0.1) and covariance
+    (relative Frobenius error below 0.15)."""
+    student.use_steps(steps)
+    torch.manual_seed(0)
+    x = student.sample(torch.randn(20_000, 2)).double()
+    mean, cov = x.mean(0), torch.cov(x.T)
+    target = torch.diag(torch.tensor([0.25, 2.25], dtype=torch.float64))
+    assert torch.allclose(mean, torch.tensor([1.0, -2.0], dtype=torch.float64), atol=0.1), (steps, mean)
+    assert (cov - target).norm() / target.norm() < 0.15, (steps, cov)
 
 
 def make_config(base: dict | None = None, **sections) -> RunConfig:

@@ -32,13 +32,15 @@ class Objective(nn.Module):
     update draws samples G(z) (False: the objective feeds the generator its own inputs, as ODE regression
     does, so there are no samples for an adversary). `needs_real_data`: the critic
     loss also reads real samples (SiDA). `needs_adversary`: the generator loss reads the adversary
-    (f-distill's density ratio). `default_adversary`: the adversary built when the config names none
+    (f-distill's and Uni-Instruct's density ratio); `requires_gan_term`: the method needs the adversary's
+    generator term too (f-distill). `default_adversary`: the adversary built when the config names none
     (ADD, LADD and APT are adversarial methods on their own)."""
 
     uses_fake_score: bool = True
     samples_generator: bool = True
     needs_real_data: bool = False
     needs_adversary: bool = False
+    requires_gan_term: bool = False
     default_adversary: str | None = None
 
     def __init__(self, options) -> None:
@@ -61,8 +63,12 @@ class Objective(nn.Module):
     def noisy(self, x: torch.Tensor, schedule: Schedule) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(t, eps, x_t): the times and noise at which the generator loss compares the scores."""
         t = draw_times(self.options, schedule, x.shape[0], self.progress).to(x)
-        eps = parallel.randn_like(x) if self.noise_source is None else self.noise_source(x)
+        eps = self.draw_noise(x)
         return t, eps, schedule.add_noise(x, eps, t)
+
+    def draw_noise(self, x: torch.Tensor) -> torch.Tensor:
+        """eps shaped like x: i.i.d. normal, or the modality's noise hook's."""
+        return parallel.randn_like(x) if self.noise_source is None else self.noise_source(x)
 
     def generator_step(self, generator: nn.Module, noise: torch.Tensor, cond, teacher: Denoiser,
                        fake: Denoiser | None, adversary: nn.Module | None = None
@@ -76,6 +82,10 @@ class Objective(nn.Module):
             loss = loss + penalty
             metrics["generator_penalty"] = penalty.item()
         return loss, metrics, x
+
+    def after_generator_step(self, generator: nn.Module) -> None:
+        """Called after each generator update: an objective with its own copy of the student (CD's target
+        network) follows it here. Most have none."""
 
     def generator_loss(self, x: torch.Tensor, cond, teacher: Denoiser, fake: Denoiser | None,
                        adversary: nn.Module | None = None) -> tuple[torch.Tensor, dict[str, float]]:

@@ -7,7 +7,6 @@ and h is divided by its batch mean (+1e-6). Reverse KL has h = 1 and reduces to 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -15,22 +14,12 @@ import torch
 
 from potstill.core.denoiser import Denoiser
 from potstill.core.objectives.dmd2 import DMD2, DMD2Options, matching_loss
+from potstill.core.objectives.f_divergences import F_DIVERGENCES
 from potstill.core.registry import OBJECTIVES
 from potstill.core.schedules import Schedule
 from potstill.core.tensors import per_sample
 
-Divergence = Literal["rkl", "kl", "js", "sf", "neyman", "hellinger", "jeffreys"]
-
-F_WEIGHTS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "rkl": torch.ones_like,
-    "kl": lambda r: r,
-    "js": lambda r: r / (1 + r),
-    "sf": lambda r: 1 / (1 + r),
-    "neyman": lambda r: 1 / r,
-    "hellinger": torch.sqrt,
-    "jeffreys": lambda r: 1 + r,
-}
-
+Divergence = Literal["rkl", "kl", "js", "sf", "neyman", "hellinger", "jeffreys"]   # kl: forward KL, FastGen's name
 
 @dataclass
 class FDistillOptions(DMD2Options):
@@ -63,7 +52,7 @@ def f_divergence_weights(logits: torch.Tensor, t: torch.Tensor, options: FDistil
     if o.ratio_normalization:
         low, high = (float(schedule.t_at(torch.tensor(p, dtype=torch.float64))) for p in (o.t_low, o.t_high))
         ratio = ratio / bin_means(ratio, t.float(), low, high, o.time_bins)
-    weights = F_WEIGHTS[o.divergence](ratio)
+    weights = F_DIVERGENCES["fkl" if o.divergence == "kl" else o.divergence].h(ratio)
     return weights / (weights.mean() + 1e-6)
 
 
@@ -71,6 +60,7 @@ class FDistill(DMD2):
     """h(r)-weighted distribution matching; the adversary's generator term is added by the loop."""
 
     needs_adversary = True
+    requires_gan_term = True
 
     def generator_loss(self, x, cond, teacher: Denoiser, fake: Denoiser | None, adversary=None):
         grad, t, x_t = self.matching_grad(x.detach(), cond, teacher, fake)
