@@ -48,6 +48,18 @@ def t_at_edm_sigma(schedule: Schedule, sigma: torch.Tensor) -> torch.Tensor:
     return t - (s / alpha - target) / slope
 
 
+def karras_grid(sigma_max: float, sigma_min: float, points: int, rho: float = 7.0) -> torch.Tensor:
+    """`points` decreasing EDM sigmas from sigma_max to sigma_min (Karras et al. 2022, eq. 5), float64."""
+    ramp = torch.linspace(0, 1, points, dtype=torch.float64)
+    return (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+
+
+def edm_point(schedule: Schedule, x_e: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_t, t): the schedule's noisy input and time for EDM coordinates x_e at EDM sigmas [B] (x_t = alpha x_e)."""
+    t = t_at_edm_sigma(schedule, sigma).to(x_e.dtype)
+    return per_sample(schedule.alpha(t), x_e) * x_e, t
+
+
 def sigma_range(schedule: Schedule, sigma_min: float | None, sigma_max: float | None) -> tuple[float, float]:
     """(sigma_min, sigma_max) in EDM units: as given, else the schedule's smallest EDM sigma and its largest, at
     most 80 (EDM's; a flow schedule's reaches infinity at t = 1)."""
@@ -62,10 +74,7 @@ def sigma_range(schedule: Schedule, sigma_min: float | None, sigma_max: float | 
 def consistency_output(denoiser: Denoiser, x_e: torch.Tensor, sigma: torch.Tensor, cond, sigma_min: float,
                        guidance: float = 1.0) -> torch.Tensor:
     """f(x_e, sigma) for EDM-coordinate inputs x_e [B, ...] at EDM sigmas [B]."""
-    schedule = denoiser.schedule
-    t = t_at_edm_sigma(schedule, sigma).to(x_e.dtype)
-    alpha = per_sample(schedule.alpha(t), x_e)
-    d = denoiser.x0(alpha * x_e, t, cond, guidance)
+    d = denoiser.x0(*edm_point(denoiser.schedule, x_e, sigma), cond, guidance)
     sd, s = denoiser.sigma_data, sigma.to(x_e.dtype)
     shrink = per_sample((s - sigma_min) / s, x_e)
     c_skip = per_sample(sd**2 / ((s - sigma_min) ** 2 + sd**2), x_e)
@@ -114,16 +123,11 @@ class ConsistencyGenerator(Generator):
     def use_steps(self, steps: int) -> None:
         """Sample in `steps` steps at Karras-grid levels from sigmas[0] down (`potstill sample --steps`): the
         levels of a `steps + 1`-point grid to sigma_min, less the last."""
-        high, rho = float(self.sigmas[0]), 7.0
-        ramp = torch.linspace(0, 1, steps + 1, dtype=torch.float64)[:-1]
-        grid = (high ** (1 / rho) + ramp * (self.sigma_min ** (1 / rho) - high ** (1 / rho))) ** rho
-        self.sigmas = grid.to(self.sigmas.device)
+        self.sigmas = karras_grid(float(self.sigmas[0]), self.sigma_min, steps + 1)[:-1].to(self.sigmas.device)
 
     def consistency(self, x_e: torch.Tensor, sigma: torch.Tensor, cond=None) -> torch.Tensor:
         if self.parameterisation == "trigflow":
-            schedule = self.denoiser.schedule
-            t = t_at_edm_sigma(schedule, sigma).to(x_e.dtype)
-            return self.denoiser.x0(per_sample(schedule.alpha(t), x_e) * x_e, t, cond, self.guidance)
+            return self.denoiser.x0(*edm_point(self.denoiser.schedule, x_e, sigma), cond, self.guidance)
         return consistency_output(self.denoiser, x_e, sigma, cond, self.sigma_min, self.guidance)
 
     def forward(self, real: torch.Tensor, cond=None) -> torch.Tensor:
@@ -135,8 +139,8 @@ class ConsistencyGenerator(Generator):
     def sample(self, noise: torch.Tensor, cond=None) -> torch.Tensor:
         n = noise.shape[0]
         x = self.consistency(float(self.sigmas[0]) * noise, self.sigmas[:1].expand(n), cond)
+        floor = 0.0 if self.parameterisation == "trigflow" else self.sigma_min
         for sigma in self.sigmas[1:]:
-            floor = 0.0 if self.parameterisation == "trigflow" else self.sigma_min
             spread = math.sqrt(float(sigma) ** 2 - floor**2)
             x = self.consistency(x + spread * parallel.randn_like(x), sigma.expand(n), cond)
         return x

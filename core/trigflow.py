@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from potstill.core.consistency import t_at_edm_sigma
+from potstill.core.consistency import edm_point
 from potstill.core.denoiser import Denoiser
 from potstill.core.tensors import per_sample
 
@@ -22,9 +22,7 @@ def trig_time(edm_sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:
 def schedule_point(denoiser: Denoiser, x_t: torch.Tensor, t: torch.Tensor,
                    sigma_data: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(x_s, s): the teacher schedule's noisy input and time with the signal-to-noise ratio of TrigFlow's (x_t, t)."""
-    schedule = denoiser.schedule
-    s = t_at_edm_sigma(schedule, sigma_data * torch.tan(t.double())).to(x_t.dtype)
-    return x_t * per_sample(schedule.alpha(s) / torch.cos(t), x_t).to(x_t.dtype), s
+    return edm_point(denoiser.schedule, x_t / per_sample(torch.cos(t), x_t).to(x_t), sigma_data * torch.tan(t.double()))
 
 
 def trigflow_velocity(denoiser: Denoiser, x_t: torch.Tensor, t: torch.Tensor, cond, sigma_data: float,

@@ -9,9 +9,9 @@ import torch
 
 from potstill.backbones.mlp import MLPBackbone, MLPOptions
 from potstill.core.config import ConfigError
-from potstill.core.consistency import ConsistencyGenerator, consistency_output, t_at_edm_sigma
+from potstill.core.consistency import ConsistencyGenerator, consistency_output, karras_grid, t_at_edm_sigma
 from potstill.core.denoiser import Denoiser
-from potstill.core.objectives.cd import CD, CDOptions, karras_grid, teacher_step
+from potstill.core.objectives.cd import CD, CDOptions, teacher_step
 from potstill.core.schedules import EDMSchedule, FlowSchedule, VPSchedule
 from potstill.modalities.gaussian_mixture import GaussianMixture, GaussianMixtureDenoiser
 from tests_support import assert_samples_the_gaussian_teacher, make_config, trained_consistency_student

@@ -17,7 +17,7 @@ import torch
 
 from potstill.core import parallel
 from potstill.core.config import AT_LEAST_1, RULES, ConfigError, Rule
-from potstill.core.consistency import ConsistencyGenerator, t_at_edm_sigma
+from potstill.core.consistency import ConsistencyGenerator, edm_point, karras_grid
 from potstill.core.denoiser import Denoiser
 from potstill.core.objectives.base import Objective
 from potstill.core.registry import OBJECTIVES
@@ -44,12 +44,6 @@ RULES[CDOptions] = {"scales": Rule(lambda v: v >= 2, "at least 2"), "rho": AT_LE
                     "target_decay": Rule(lambda v: 0 <= v < 1, "in [0, 1)")}
 
 
-def karras_grid(sigma_max: float, sigma_min: float, points: int, rho: float) -> torch.Tensor:
-    """`points` decreasing EDM sigmas from sigma_max to sigma_min (Karras et al. 2022, eq. 5), float64."""
-    ramp = torch.linspace(0, 1, points, dtype=torch.float64)
-    return (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
-
-
 def teacher_step(teacher: Denoiser, x: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor, cond,
                  solver: str, guidance: float) -> torch.Tensor:
     """One step of the teacher's probability-flow ODE dx/dsigma = (x - D(x, sigma)) / sigma in EDM coordinates,
@@ -57,9 +51,7 @@ def teacher_step(teacher: Denoiser, x: torch.Tensor, sigma: torch.Tensor, sigma_
     schedule = teacher.schedule
 
     def slope(x_e: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        t = t_at_edm_sigma(schedule, s).to(x_e.dtype)
-        alpha = per_sample(schedule.alpha(t), x_e)
-        return (x_e - teacher.x0(alpha * x_e, t, cond, guidance)) / per_sample(s, x_e).to(x_e)
+        return (x_e - teacher.x0(*edm_point(schedule, x_e, s), cond, guidance)) / per_sample(s, x_e).to(x_e)
 
     h = per_sample(sigma_next - sigma, x).to(x)
     d = slope(x, sigma)

@@ -21,6 +21,7 @@ from potstill.core.tensors import per_sample
 
 Divergence = Literal["rkl", "kl", "js", "sf", "neyman", "hellinger", "jeffreys"]   # kl: forward KL, FastGen's name
 
+
 @dataclass
 class FDistillOptions(DMD2Options):
     """FastGen's defaults: Jensen-Shannon, Karras-grid positions 0.002-0.998, normaliser epsilon 1e-6."""

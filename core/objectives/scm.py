@@ -99,7 +99,8 @@ class SCM(Objective):
         def velocity(x_scaled: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
             return trigflow_velocity(generator.denoiser, sd * x_scaled, times, cond, sd, generator.guidance)
 
-        f_minus, g = scm_tangent(velocity, x_t, t, dxdt, sd, self.warmup())
+        r = self.warmup()
+        f_minus, g = scm_tangent(velocity, x_t, t, dxdt, sd, r)
         dim = real[0].numel()
         norm = sample_sum(g.double().square()).sqrt() / (math.sqrt(dim) if o.tangent_norm == "rms" else 1.0)
         g_hat = g.double() / per_sample(norm + o.tangent_c, g)
@@ -108,7 +109,7 @@ class SCM(Objective):
         weight = 1 / (sd * torch.tan(t)) if o.prior_weighting else torch.ones_like(t)
         logvar = generator.logvar(t).double() if o.adaptive_weighting else torch.zeros_like(t)
         loss = (weight * torch.exp(-logvar) * residual + logvar).mean()
-        metrics = {"scm": loss.item(), "scm_tangent_norm": norm.mean().item(), "scm_r": self.warmup()}
+        metrics = {"scm": loss.item(), "scm_tangent_norm": norm.mean().item(), "scm_r": r}
         return loss, metrics, trigflow_x0(x_t, t, f_theta, sd)
 
 
