@@ -99,7 +99,10 @@ class FinalLayer(nn.Module):
 
 class DiT(AdaLNZeroBackbone):
     """Backbone call: `dit(x, c_noise, cond, features=None)`; `cond` is class labels (long) or pooled
-    text embeddings (float). With `learn_sigma` the variance channels are dropped from the output."""
+    text embeddings (float). With `learn_sigma` the variance channels are dropped from the output. `time_extra`
+    [B, hidden] is added to the time embedding (MeanFlow's interval embedding)."""
+
+    takes_time_extra = True
 
     def __init__(self, options: DiTOptions) -> None:
         super().__init__()
@@ -116,11 +119,14 @@ class DiT(AdaLNZeroBackbone):
         self.activation_checkpointing = False    # recompute each block in backward (train.activation_checkpointing)
         self._initialize()
 
-    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond=None, features: list[int] | None = None):
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond=None, features: list[int] | None = None,
+                time_extra: torch.Tensor | None = None):
         o = self.options
         channels = x.shape[1]
         tokens = self.x_embedder(x) + self.pos_embed
         c = self.t_embedder(c_noise) + self.embed_condition(cond)
+        if time_extra is not None:
+            c = c + time_extra
         activations = []
         recompute = self.activation_checkpointing and torch.is_grad_enabled()
         for block in self.blocks:

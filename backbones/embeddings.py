@@ -28,3 +28,13 @@ class TimestepEmbedder(nn.Module):
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         return self.mlp(sinusoidal(t, self.frequency_dim).to(self.mlp[0].weight.dtype))
+
+
+def time_embedding_width(backbone: nn.Module, key: str) -> int:
+    """The width of a backbone's timestep embedding (`t_embedder`), for heads and embeddings that join it; a
+    backbone without one is an error naming `key`."""
+    embedder = getattr(backbone, "t_embedder", None)
+    if not isinstance(embedder, TimestepEmbedder):
+        raise ValueError(f"{key}: needs the network's timestep embedding, which {type(backbone).__name__} does not "
+                         "have; use a dit or mlp network")
+    return embedder.mlp[2].out_features

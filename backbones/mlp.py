@@ -20,7 +20,10 @@ class MLPOptions:
 
 
 class MLPBackbone(nn.Module):
-    """x, c_noise (and optional class) -> output of x's shape; hidden activations are its features."""
+    """x, c_noise (and optional class) -> output of x's shape; hidden activations are its features. `time_extra`
+    [B, hidden] is added to the time embedding (MeanFlow's interval embedding)."""
+
+    takes_time_extra = True
 
     def __init__(self, options: MLPOptions) -> None:
         super().__init__()
@@ -35,8 +38,11 @@ class MLPBackbone(nn.Module):
     def null_condition(self, cond: torch.Tensor) -> torch.Tensor:
         return torch.full_like(cond, self.options.num_classes)
 
-    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond=None, features: list[int] | None = None):
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond=None, features: list[int] | None = None,
+                time_extra: torch.Tensor | None = None):
         h = self.inp(x) + self.t_embedder(c_noise)
+        if time_extra is not None:
+            h = h + time_extra
         if self.y_embedder is not None and cond is not None:
             h = h + self.y_embedder(cond)
         activations = []

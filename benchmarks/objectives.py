@@ -1,6 +1,7 @@
 """Every objective side by side: the 2-D 8-mode mixture and the embedded digits, each objective's own
 config with the same number of steps, the same seeds and the same evaluation budget. Records the final
-sliced W2 / FDD, mode / class recall, training wall time per step and the quality-against-steps curve.
+sliced W2 / FDD, mode / class recall, training wall time per step and the quality-against-steps curve; few-step
+students (consistency, MeanFlow) are also scored at 2 and 4 sampling steps.
 
     python benchmarks/objectives.py [--vector-steps 3000] [--digits-steps 400] [--seeds 0] [--only dmd2 sid]
 
@@ -28,8 +29,10 @@ import matplotlib.pyplot as plt
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
-OBJECTIVES = ["dmd2", "dmd", "vsd", "sid", "sid_lsg", "sida", "sim", "fdistill", "uni_instruct", "cd", "scm", "sds",
-              "add", "ladd", "apt"]
+OBJECTIVES = ["dmd2", "dmd", "vsd", "sid", "sid_lsg", "sida", "sim", "fdistill", "uni_instruct", "cd", "scm",
+              "scm_ladd", "meanflow", "sds", "add", "ladd", "apt"]
+FEW_STEP_GENERATORS = {"consistency", "meanflow"}
+SAMPLING_STEPS = [2, 4]
 SUITES = {
     "vector": {"config": "vector/gmm_{}.yaml", "quality": "swd", "recall": "mode_recall", "n_eval": 5000},
     "digits": {"config": "image/digits_{}.yaml", "quality": "fdd", "recall": "class_recall_mean", "n_eval": 1000},
@@ -49,7 +52,12 @@ def run_one(config_path: Path, steps: int, seed: int, points: int, n_eval: int) 
         distiller.train(chunk)
         train_seconds += time.perf_counter() - start
         curve.append({"step": distiller.step, **distiller.evaluate()["student"]})
-    return {"curve": curve, "sec_per_step": train_seconds / steps, "final": curve[-1]}
+    by_steps = {}
+    if config.generator.kind in FEW_STEP_GENERATORS:
+        for k in SAMPLING_STEPS:
+            distiller.ema.model.use_steps(k)
+            by_steps[k] = distiller.evaluate()["student"]
+    return {"curve": curve, "sec_per_step": train_seconds / steps, "final": curve[-1], "by_steps": by_steps}
 
 
 def summarise(runs: list[dict], quality: str, recall: str) -> dict:
@@ -58,6 +66,7 @@ def summarise(runs: list[dict], quality: str, recall: str) -> dict:
         "quality": statistics.mean(f[quality] for f in finals),
         "recall": statistics.mean(f[recall] for f in finals),
         "sec_per_step": statistics.mean(r["sec_per_step"] for r in runs),
+        "by_steps": {str(k): statistics.mean(r["by_steps"][k][quality] for r in runs) for k in runs[0]["by_steps"]},
         "curve": [{"step": p["step"], "quality": statistics.mean(r["curve"][i][quality] for r in runs)}
                   for i, p in enumerate(runs[0]["curve"])],
     }
@@ -68,10 +77,15 @@ def markdown(results: dict) -> str:
     for suite, table in results["suites"].items():
         spec = SUITES[suite]
         lines += [f"### {suite} ({table['steps']} steps, seeds {results['seeds']})", "",
-                  f"| objective | {spec['quality']} | {spec['recall']} | s/step |", "|---|---|---|---|"]
+                  f"| objective | {spec['quality']} | {spec['recall']} | s/step | "
+                  + " | ".join(f"{spec['quality']} at {k} steps" for k in SAMPLING_STEPS) + " |",
+                  "|---|---|---|---|" + "---|" * len(SAMPLING_STEPS)]
         ranked = sorted(table["objectives"].items(), key=lambda item: item[1]["quality"])
         for name, row in ranked:
-            lines.append(f"| {name} | {row['quality']:.3f} | {row['recall']:.3f} | {row['sec_per_step']:.4f} |")
+            few = row.get("by_steps", {})
+            cells = " | ".join(f"{few[str(k)]:.3f}" if str(k) in few else "-" for k in SAMPLING_STEPS)
+            lines.append(f"| {name} | {row['quality']:.3f} | {row['recall']:.3f} | {row['sec_per_step']:.4f} | "
+                         f"{cells} |")
         lines.append("")
     return "\n".join(lines)
 

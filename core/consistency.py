@@ -22,30 +22,12 @@ from potstill.core.config import SECTION_REGISTRIES, Component
 from potstill.core.denoiser import Denoiser
 from potstill.core.generator import Generator
 from potstill.core.init_from import load_init_weights
+from potstill.core.logvar_heads import LogvarInput, build_logvar_head
 from potstill.core.registry import FAKE_SCORES, GENERATORS
 from potstill.core.schedules import Schedule
 from potstill.core.tensors import per_sample
 
 SIGMA_MAX = 80.0
-
-
-def t_at_edm_sigma(schedule: Schedule, sigma: torch.Tensor) -> torch.Tensor:
-    """The schedule's t whose EDM sigma (sigma / alpha) is `sigma`, in float64: bisection on the position (the EDM
-    sigma rises with it), clamped to the schedule's ends, then one Newton step t - (g(t) - sigma) / g'(t), which
-    leaves the value where it is and gives it the derivative dt/dsigma = 1 / g'(t) (reverse and forward mode, for
-    the consistency objectives' tangents)."""
-    target = sigma.double()
-    low = torch.zeros_like(target)
-    high = torch.ones_like(target)
-    with torch.no_grad():
-        for _ in range(60):
-            middle = (low + high) / 2
-            below = schedule.edm_sigma(schedule.t_at(middle)).double() < target
-            low, high = torch.where(below, middle, low), torch.where(below, high, middle)
-        t = schedule.t_at((low + high) / 2).double()
-        alpha, s = schedule.alpha(t).double(), schedule.sigma(t).double()
-        slope = (schedule.d_sigma(t).double() * alpha - s * schedule.d_alpha(t).double()) / alpha**2
-    return t - (s / alpha - target) / slope
 
 
 def karras_grid(sigma_max: float, sigma_min: float, points: int, rho: float = 7.0) -> torch.Tensor:
@@ -56,7 +38,7 @@ def karras_grid(sigma_max: float, sigma_min: float, points: int, rho: float = 7.
 
 def edm_point(schedule: Schedule, x_e: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(x_t, t): the schedule's noisy input and time for EDM coordinates x_e at EDM sigmas [B] (x_t = alpha x_e)."""
-    t = t_at_edm_sigma(schedule, sigma).to(x_e.dtype)
+    t = schedule.t_at_edm_sigma(sigma).to(x_e.dtype)
     return per_sample(schedule.alpha(t), x_e) * x_e, t
 
 
@@ -82,38 +64,23 @@ def consistency_output(denoiser: Denoiser, x_e: torch.Tensor, sigma: torch.Tenso
     return shrink * d + (c_skip - shrink * c_skip_edm) * x_e
 
 
-class LogvarHead(nn.Module):
-    """sCM's adaptive weighting w_phi(t) = -logvar: a small MLP on sin, cos of k t (k = 1..8) of the TrigFlow time,
-    starting at 0 (Lu & Song 2024; SANA-Sprint and FastGen put a linear layer on the time embedding)."""
-
-    def __init__(self, hidden: int = 64) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(16, hidden), nn.SiLU(), nn.Linear(hidden, 1))
-        nn.init.zeros_(self.net[-1].weight)
-        nn.init.zeros_(self.net[-1].bias)
-
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        angles = t.float()[:, None] * torch.arange(1, 9, device=t.device, dtype=torch.float32)
-        return self.net(torch.cat([angles.sin(), angles.cos()], -1))[:, 0]
-
-
 class ConsistencyGenerator(Generator):
     """The consistency student: `consistency(x_e, sigma, cond)` is f, which the consistency objectives train on
     real samples noised to drawn levels in [sigma_min, sigma_max] (so `forward` takes real samples:
     `trains_on_real`); `sample` maps noise at `sigmas[0]` and re-noises to each further level. With
     `parameterisation: trigflow` (sCM) f is the network's own x0 at the matching point, cos t x_t - sin t sigma_d F
-    in TrigFlow terms, and the boundary is at sigma = 0; `logvar_head` adds sCM's adaptive weighting."""
+    in TrigFlow terms, and the boundary is at sigma = 0; `logvar` is sCM's adaptive weighting head (or None)."""
 
     trains_on_real = True
 
     def __init__(self, denoiser: Denoiser, sigmas: list[float], sigma_min: float, sigma_max: float,
-                 guidance: float = 1.0, parameterisation: str = "karras", logvar_head: bool = False) -> None:
+                 guidance: float = 1.0, parameterisation: str = "karras", logvar: nn.Module | None = None) -> None:
         super().__init__()
         if not sigmas or any(a <= b for a, b in itertools.pairwise(sigmas)) or sigmas[-1] <= sigma_min:
             raise ValueError(f"generator.sigmas: must decrease and stay above sigma_min {sigma_min}, got {sigmas}")
         self.denoiser, self.guidance, self.parameterisation = denoiser, guidance, parameterisation
         self.sigma_min, self.sigma_max = sigma_min, sigma_max
-        self.logvar = LogvarHead() if logvar_head else None
+        self.logvar = logvar
         self.register_buffer("sigmas", torch.tensor(sigmas, dtype=torch.float64), persistent=False)
 
     @property
@@ -153,7 +120,8 @@ class ConsistencyGeneratorOptions:
     decreasing (null: one step from sigma_max); `sigma_min`, `sigma_max`: the boundary and the top level (null:
     the teacher schedule's, the top at most 80); `init_from`: a run directory whose EMA student these weights
     start from; `parameterisation`: `karras` (CD's c_skip, c_out) or `trigflow` (sCM's: the network's x0);
-    `logvar_head`: sCM's adaptive weighting head."""
+    `logvar_head`: sCM's adaptive weighting head, on `logvar_input`: `time_features` (an MLP on sin, cos of k t) or
+    `time_embedding` (a linear layer on the network's own time embedding, SANA-Sprint's and FastGen's)."""
 
     network: Component = field(default_factory=lambda: Component("teacher_copy"))
     sigmas: list[float] | None = None
@@ -163,6 +131,7 @@ class ConsistencyGeneratorOptions:
     init_from: str | None = None
     parameterisation: Literal["karras", "trigflow"] = "karras"
     logvar_head: bool = False
+    logvar_input: LogvarInput = "time_features"
 
 
 SECTION_REGISTRIES[ConsistencyGeneratorOptions] = {"network": FAKE_SCORES}
@@ -174,7 +143,8 @@ def build_consistency_generator(options: ConsistencyGeneratorOptions, context) -
     denoiser = FAKE_SCORES.get(network.kind, "generator.network.kind").builder(network.options, context)
     low, high = sigma_range(denoiser.schedule, options.sigma_min, options.sigma_max)
     generator = ConsistencyGenerator(denoiser, options.sigmas or [high], low, high, options.guidance,
-                                     options.parameterisation, options.logvar_head)
+                                     options.parameterisation,
+                                     build_logvar_head(options.logvar_input, denoiser) if options.logvar_head else None)
     if options.init_from:
         load_init_weights(generator, options.init_from)
     return generator

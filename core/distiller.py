@@ -251,7 +251,7 @@ class Distiller(StepLoop):
     def _critic_micro_batch(self, train_fake: bool, use_d: bool) -> dict[str, float]:
         with torch.no_grad(), self.engine.autocast():
             noise, cond = self.training_inputs(self.micro_batch)
-            x = self.generator(noise, cond).float()
+            x = self.objective.critic_samples(self.generator, noise, cond).float()
         if self.engine.max_over_ranks(int(not torch.isfinite(x).all())):
             raise NonFiniteError(f"generator: its samples are not finite at step {self.step}, before the critic "
                                  f"saw them; the generator's last update (step {self.last_generator_step}) diverged")

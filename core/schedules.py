@@ -113,6 +113,24 @@ class Schedule(ABC):
         """The equivalent VE noise level sigma/alpha (reference §10: VP -> EDM, RF -> EDM)."""
         return self.sigma(t) / self.alpha(t)
 
+    def t_at_edm_sigma(self, sigma: torch.Tensor) -> torch.Tensor:
+        """The t whose EDM sigma is `sigma`, in float64, differentiable (the consistency objectives' tangents run
+        through it). Here for any schedule: bisection on the position (the EDM sigma rises with it), clamped to the
+        schedule's ends, then one Newton step t - (g(t) - sigma) / g'(t), which leaves the value where it is and
+        gives it the derivative 1 / g'(t); EDM and flow schedules override it with their closed forms."""
+        target = sigma.double()
+        low = torch.zeros_like(target)
+        high = torch.ones_like(target)
+        with torch.no_grad():
+            for _ in range(60):
+                middle = (low + high) / 2
+                below = self.edm_sigma(self.t_at(middle)).double() < target
+                low, high = torch.where(below, middle, low), torch.where(below, high, middle)
+            t = self.t_at((low + high) / 2).double()
+            alpha, s = self.alpha(t).double(), self.sigma(t).double()
+            slope = (self.d_sigma(t).double() * alpha - s * self.d_alpha(t).double()) / alpha**2
+        return t - (s / alpha - target) / slope
+
 
 @dataclass
 class EDMOptions:
@@ -159,6 +177,9 @@ class EDMSchedule(Schedule):
 
     def c_noise(self, t):
         return 0.25 * torch.log(t)
+
+    def t_at_edm_sigma(self, sigma):
+        return sigma.double()
 
 
 @dataclass
@@ -255,6 +276,10 @@ class FlowSchedule(Schedule):
 
     def t_at(self, position):
         return self.shift(self.t_min + position * (self.t_max - self.t_min))
+
+    def t_at_edm_sigma(self, sigma):
+        s = sigma.double()
+        return s / (1 + s)
 
     def sample_dsm_t(self, n, generator=None):
         o = self.options

@@ -29,13 +29,13 @@ def test_round_trip_through_to_dict():
     (["train.steps=many"], "train.steps: expected an integer, got 'many'"),
     (["objective.kind=dmd3"],
      "objective.kind: unknown objective 'dmd3'; valid choices: add, apt, arc, cd, cfd, dmd, dmd2, fdistill, ladd, "
-     "ode_regression, scm, sds, sid, sida, sim, uni_instruct, vsd"),
+     "meanflow, ode_regression, scm, sds, sid, sida, sim, uni_instruct, vsd"),
     (["objective.alpha=1.2"], "objective.alpha: unknown key; valid keys here:"),
     (["teacher.means=3"], "teacher.means: expected a list, got 3"),
     (["optim.generator.lr=[1]"], "optim.generator.lr: expected a number"),
     (["generator.kind=unet"],
      "generator.kind: unknown generator 'unet'; valid choices: causal_rollout, consistency, denoiser, field, gaussian, "
-     "mlp"),
+     "meanflow, mlp"),
     (["train.steps"], "expected key=value"),
 ])
 def test_errors_name_the_key(override, message):

@@ -6,17 +6,25 @@ import math
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from potstill.backbones.mlp import MLPBackbone, MLPOptions
 from potstill.core.config import ConfigError
-from potstill.core.consistency import ConsistencyGenerator, consistency_output, karras_grid, t_at_edm_sigma
+from potstill.core.consistency import ConsistencyGenerator, consistency_output, karras_grid
 from potstill.core.denoiser import Denoiser
+from potstill.core.distiller import Distiller
 from potstill.core.objectives.cd import CD, CDOptions, teacher_step
-from potstill.core.schedules import EDMSchedule, FlowSchedule, VPSchedule
+from potstill.core.schedules import EDMSchedule, FlowOptions, FlowSchedule, Schedule, VPSchedule
 from potstill.modalities.gaussian_mixture import GaussianMixture, GaussianMixtureDenoiser
-from tests_support import assert_samples_the_gaussian_teacher, make_config, trained_consistency_student
+from tests_support import (
+    FeatureDistance,
+    assert_samples_the_gaussian_teacher,
+    make_config,
+    trained_consistency_student,
+)
 
-SCHEDULES = {"edm": EDMSchedule(), "vp": VPSchedule("linear"), "flow": FlowSchedule()}
+SCHEDULES = {"edm": EDMSchedule(), "vp": VPSchedule("linear"), "flow": FlowSchedule(),
+             "flow_shift3": FlowSchedule(FlowOptions(shift=3.0))}
 MU, S = 0.3, 0.7          # the 1-D data law N(0.3, 0.7^2) of consistency.md §8
 
 
@@ -54,7 +62,15 @@ def test_an_edm_network_gets_cds_own_parameterisation():
 def test_t_at_edm_sigma_inverts_the_schedule(name):
     schedule = SCHEDULES[name]
     t = schedule.t_at(torch.linspace(0.05, 0.95, 7, dtype=torch.float64))
-    torch.testing.assert_close(t_at_edm_sigma(schedule, schedule.edm_sigma(t)), t, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(schedule.t_at_edm_sigma(schedule.edm_sigma(t)), t, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["edm", "flow", "flow_shift3"])
+def test_the_closed_form_inverses_agree_with_bisection(name):
+    schedule = SCHEDULES[name]
+    sigma = torch.logspace(-2.5, 1.8, 9, dtype=torch.float64)
+    torch.testing.assert_close(schedule.t_at_edm_sigma(sigma), Schedule.t_at_edm_sigma(schedule, sigma),
+                               rtol=1e-12, atol=1e-14)
 
 
 def gaussian_teacher(schedule) -> GaussianMixtureDenoiser:
@@ -148,7 +164,6 @@ def test_sampling_re_noises_to_each_level_and_steps_change():
 
 
 def test_cd_needs_a_consistency_student():
-    from potstill.core.distiller import Distiller
     with pytest.raises(ConfigError, match=r"generator\.kind: cd trains a consistency student"):
         Distiller(make_config(objective={"kind": "cd"}, fake_score=None, real_data="mixture"))
 
@@ -171,8 +186,33 @@ def test_t_at_edm_sigma_differentiates_as_the_inverse(name):
     schedule = SCHEDULES[name]
     sigma = schedule.edm_sigma(schedule.t_at(torch.tensor([0.2, 0.5, 0.8], dtype=torch.float64))).double()
     step = 1e-6
-    numeric = (t_at_edm_sigma(schedule, sigma + step) - t_at_edm_sigma(schedule, sigma - step)) / (2 * step)
-    backward = torch.autograd.grad(t_at_edm_sigma(schedule, sigma.requires_grad_(True)).sum(), sigma)[0]
-    forward = torch.func.jvp(lambda s: t_at_edm_sigma(schedule, s), (sigma.detach(),), (torch.ones_like(sigma),))[1]
+    numeric = (schedule.t_at_edm_sigma(sigma + step) - schedule.t_at_edm_sigma(sigma - step)) / (2 * step)
+    backward = torch.autograd.grad(schedule.t_at_edm_sigma(sigma.requires_grad_(True)).sum(), sigma)[0]
+    forward = torch.func.jvp(lambda s: schedule.t_at_edm_sigma(s), (sigma.detach(),), (torch.ones_like(sigma),))[1]
     torch.testing.assert_close(backward, numeric, rtol=1e-5, atol=0)
     torch.testing.assert_close(forward, numeric, rtol=1e-5, atol=0)
+
+
+def test_cd_reads_a_local_distance_network(tmp_path):
+    """`distance: network` calls the user's factory, loads its weights file, sums its output per sample, passes
+    gradients to the student's output and keeps its weights out of the run's checkpoint."""
+    torch.manual_seed(0)
+    reference = FeatureDistance()
+    save_file(reference.state_dict(), tmp_path / "distance.safetensors")
+    objective = {"kind": "cd", "distance": "network", "distance_network": "tests_support:feature_distance",
+                 "distance_weights": str(tmp_path / "distance.safetensors")}
+    generator = {"kind": "consistency", "network": {"kind": "mlp", "hidden": 32, "depth": 2}}
+    distiller = Distiller(make_config(objective=objective, fake_score=None, real_data="mixture", generator=generator))
+    a, b = torch.randn(7, 2, requires_grad=True), torch.randn(7, 2)
+    distance = distiller.objective.distance(a, b)
+    torch.testing.assert_close(distance, (reference.proj(a) - reference.proj(b)).square().sum(1))
+    distance.sum().backward()
+    assert a.grad is not None and a.grad.abs().sum() > 0
+    assert not any("proj" in key for key in distiller.objective.state_dict())
+    with pytest.raises(ConfigError, match=r"objective\.distance_network: cannot load 'tests_support:nothing'"):
+        Distiller(make_config(objective=objective | {"distance_network": "tests_support:nothing"}, fake_score=None,
+                              real_data="mixture", generator=generator))
+    save_file({"other": torch.zeros(1)}, tmp_path / "wrong.safetensors")
+    with pytest.raises(ValueError, match=r"objective\.distance_weights: .* does not fit"):
+        Distiller(make_config(objective=objective | {"distance_weights": str(tmp_path / "wrong.safetensors")},
+                              fake_score=None, real_data="mixture", generator=generator))

@@ -20,7 +20,7 @@ def teacher_swd():
 STEPS = {"gmm_uni_instruct": 3000}     # of its 6000: enough for the check, half the time
 
 
-@pytest.mark.parametrize("name", ["gmm_dmd2", "gmm_sid", "gmm_uni_instruct", "gmm_cd", "gmm_scm"])
+@pytest.mark.parametrize("name", ["gmm_dmd2", "gmm_sid", "gmm_uni_instruct", "gmm_cd", "gmm_scm", "gmm_meanflow"])
 def test_mlp_student_recalls_every_mode(name, teacher_swd):
     overrides = [f"train.steps={STEPS[name]}"] if name in STEPS else []
     config = load_config(CONFIGS / "vector" / f"{name}.yaml",

@@ -8,13 +8,14 @@ import torch
 
 from potstill.backbones.dit import DiT, DiTOptions
 from potstill.backbones.mlp import MLPBackbone, MLPOptions
-from potstill.core.config import ConfigError
+from potstill.core.config import ConfigError, load_config
 from potstill.core.denoiser import Denoiser
+from potstill.core.distiller import Distiller
 from potstill.core.objectives.scm import scm_tangent
 from potstill.core.schedules import EDMSchedule, FlowSchedule
 from potstill.core.trigflow import trigflow_velocity
 from potstill.modalities.gaussian_mixture import GaussianMixture, GaussianMixtureDenoiser
-from tests_support import assert_samples_the_gaussian_teacher, make_config, trained_consistency_student
+from tests_support import CONFIGS, assert_samples_the_gaussian_teacher, make_config, trained_consistency_student
 
 MU = torch.tensor([0.3, -1.0], dtype=torch.float64)
 S = torch.tensor([0.7, 1.3], dtype=torch.float64)
@@ -105,6 +106,23 @@ def test_an_scd_student_reaches_the_teachers_moments(scd_student, steps):
      "objective.adaptive_weighting: needs the student's logvar head"),
 ])
 def test_configuration_errors_name_the_key(generator, message):
-    from potstill.core.distiller import Distiller
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
         Distiller(make_config(objective={"kind": "scm"}, fake_score=None, real_data="mixture", generator=generator))
+
+
+def test_the_time_embedding_logvar_head_reads_the_networks_own_embedding():
+    """`logvar_input: time_embedding` (SANA-Sprint, FastGen): zero at the start, then a linear layer on the DiT's
+    timestep embedding at c_noise = log(sigma_d tan t) / 4 (sigma_d the network's, 0.75 for digits), whose gradient
+    reaches the shared embedder."""
+    distiller = Distiller(load_config(CONFIGS / "image" / "digits_scm.yaml",
+                                      ["train.progress=false", "generator.logvar_input=time_embedding"]))
+    generator = distiller.generator
+    t = torch.linspace(0.1, 1.5, 5)
+    assert torch.equal(generator.logvar(t), torch.zeros(5))
+    torch.nn.init.normal_(generator.logvar.linear.weight)
+    embedder = generator.denoiser.backbone.t_embedder
+    sigma = generator.denoiser.sigma_data * torch.tan(t.double())
+    by_hand = generator.logvar.linear(embedder(0.25 * torch.log(sigma).float()))[:, 0]
+    torch.testing.assert_close(generator.logvar(t), by_hand)
+    generator.logvar(t).sum().backward()
+    assert embedder.mlp[0].weight.grad.abs().sum() > 0

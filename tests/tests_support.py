@@ -88,3 +88,20 @@ def whole_and_resumed(config: RunConfig, folder: Path, stop_after: int) -> tuple
     resumed_from = resumed.step
     resumed.train()
     return whole, resumed, resumed_from
+
+
+class FeatureDistance(torch.nn.Module):
+    """A stand-in for LPIPS in tests: squared differences of a linear projection of 2-D samples, one column per
+    feature (the distance network sums them per sample)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(2, 5)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return (self.proj(a) - self.proj(b)).square()[:, :, None]
+
+
+def feature_distance() -> FeatureDistance:
+    """The factory a config names as `tests_support:feature_distance`."""
+    return FeatureDistance()

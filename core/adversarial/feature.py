@@ -24,6 +24,7 @@ from potstill.core.adversarial.losses import (
 )
 from potstill.core.denoiser import Denoiser
 from potstill.core.registry import ADVERSARIES
+from potstill.core.tensors import map_tensors
 from potstill.core.time_draws import TimeOptions, TimeSampling, draw_times
 
 Network = Literal["fake_score", "teacher", "teacher_copy"]
@@ -86,6 +87,24 @@ class FeatureGANOptions(TimeOptions):
     approx_r1_weight: float = 0.0
     approx_r1_sigma: float = 0.01
     approx_r1_scaling: ApproxR1Scaling = "plain"
+    misaligned_fakes: bool = False
+
+
+def rows_differ(a, b) -> torch.Tensor:
+    """[B] bool: whether row i of condition `a` differs from row i of `b` in any of their tensors."""
+    if isinstance(a, dict):
+        return torch.stack([rows_differ(a[k], b[k]) for k in a]).any(0)
+    if isinstance(a, tuple | list):
+        return torch.stack([rows_differ(x, y) for x, y in zip(a, b, strict=True)]).any(0)
+    return (a != b).reshape(a.shape[0], -1).any(1)
+
+
+def misaligned_pairs(real: torch.Tensor, cond) -> tuple[torch.Tensor, object]:
+    """Real samples each paired with the next row's condition (the batch rolled by one), keeping the rows whose
+    two conditions differ: SANA-Sprint's `misaligned_pairs_D`, which the discriminator counts as fakes."""
+    shifted = map_tensors(cond, lambda c: c.roll(1, 0))
+    keep = rows_differ(cond, shifted).nonzero()[:, 0]
+    return real[keep], map_tensors(shifted, lambda c: c[keep])
 
 
 class FeatureDiscriminator(nn.Module):
@@ -140,6 +159,10 @@ class FeatureDiscriminator(nn.Module):
 
         logits_real = logits_of(real_t)
         logits_fake = self.logits(fake.detach(), fake_cond)
+        if o.misaligned_fakes:
+            wrong, wrong_cond = misaligned_pairs(real, real_cond)
+            if wrong.shape[0]:
+                logits_fake = torch.cat([logits_fake, self.logits(wrong, wrong_cond)])
         loss = discriminator_gan_loss(logits_real, logits_fake, o.loss)
         metrics = {"d_loss": loss.item(), "d_real": logits_real.mean().item(), "d_fake": logits_fake.mean().item()}
         if o.r1_weight:
@@ -188,6 +211,9 @@ def build_feature_discriminator(options: FeatureGANOptions, context) -> FeatureD
     if options.r1_weight:
         allow_double_backward(network)
     probe_cond = context.modality.probe_condition()
+    if options.misaligned_fakes and probe_cond is None:
+        raise ValueError("adversary.misaligned_fakes: pairs real samples with other samples' conditions, but this "
+                         "modality is unconditional; set it to false")
     return FeatureDiscriminator(options, network, feature_channels(network, options.layers, probe_cond))
 
 

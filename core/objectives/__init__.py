@@ -7,6 +7,7 @@ from potstill.core.objectives import (
     dmd,
     dmd2,
     fdistill,
+    meanflow,
     ode_regression,
     scm,
     sds,
@@ -18,5 +19,5 @@ from potstill.core.objectives import (
 )
 from potstill.core.objectives.base import Objective
 
-__all__ = ["Objective", "adversarial", "cd", "cfd", "dmd", "dmd2", "fdistill", "ode_regression", "scm", "sds", "sid",
-           "sida", "sim", "uni_instruct", "vsd"]
+__all__ = ["Objective", "adversarial", "cd", "cfd", "dmd", "dmd2", "fdistill", "meanflow", "ode_regression", "scm",
+           "sds", "sid", "sida", "sim", "uni_instruct", "vsd"]

@@ -83,6 +83,11 @@ class Objective(nn.Module):
             metrics["generator_penalty"] = penalty.item()
         return loss, metrics, x
 
+    def critic_samples(self, generator: nn.Module, inputs: torch.Tensor, cond) -> torch.Tensor:
+        """The generator samples the critic's step sees (under no_grad): G(inputs, cond), unless the method draws
+        its adversarial samples its own way (SANA-Sprint's sCM + LADD)."""
+        return generator(inputs, cond)
+
     def after_generator_step(self, generator: nn.Module) -> None:
         """Called after each generator update: an objective with its own copy of the student (CD's target
         network) follows it here. Most have none."""

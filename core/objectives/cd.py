@@ -19,6 +19,7 @@ from potstill.core import parallel
 from potstill.core.config import AT_LEAST_1, RULES, ConfigError, Rule
 from potstill.core.consistency import ConsistencyGenerator, edm_point, karras_grid
 from potstill.core.denoiser import Denoiser
+from potstill.core.distance_network import DistanceNetwork, load_distance_network
 from potstill.core.objectives.base import Objective
 from potstill.core.registry import OBJECTIVES
 from potstill.core.tensors import per_sample, sample_mean, sample_sum
@@ -29,14 +30,18 @@ class CDOptions:
     """`scales`: N, the Karras grid's points (rho 7) between the student's sigma_max and sigma_min; `solver`: the
     teacher's step; `target_decay`: the target network's EMA decay mu (0: the student itself, stop-gradient);
     `distance`: `l2` (mean square), `l1` (mean absolute) or `pseudo_huber` sqrt(||d||^2 + c^2) - c with
-    `huber_c` (null: iCT's 0.00054 sqrt(dim)); `guidance`: CFG on the teacher's step."""
+    `huber_c` (null: iCT's 0.00054 sqrt(dim)), or `network`: a local perceptual network (the paper's LPIPS) built
+    by `distance_network` ('package.module:function') with `distance_weights` (core/distance_network.py);
+    `guidance`: CFG on the teacher's step."""
 
     scales: int = 18
     rho: float = 7.0
     solver: Literal["heun", "euler"] = "heun"
     target_decay: float = 0.95
-    distance: Literal["l2", "l1", "pseudo_huber"] = "l2"
+    distance: Literal["l2", "l1", "pseudo_huber", "network"] = "l2"
     huber_c: float | None = None
+    distance_network: str | None = None
+    distance_weights: str | None = None
     guidance: float = 1.0
 
 
@@ -66,11 +71,13 @@ class CD(Objective):
 
     uses_fake_score = False
 
-    def __init__(self, options: CDOptions, generator: ConsistencyGenerator) -> None:
+    def __init__(self, options: CDOptions, generator: ConsistencyGenerator,
+                 distance_network: DistanceNetwork | None = None) -> None:
         super().__init__(options)
         self.target = copy.deepcopy(generator).requires_grad_(False).eval()
         grid = karras_grid(generator.sigma_max, generator.sigma_min, options.scales, options.rho)
         self.register_buffer("grid", grid)
+        self._distance_network = [distance_network]    # a list keeps its frozen weights out of checkpoints
 
     def distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Per-sample distance between the student's and the target's outputs."""
@@ -79,6 +86,8 @@ class CD(Objective):
             return sample_mean((a - b).square())
         if o.distance == "l1":
             return sample_mean((a - b).abs())
+        if o.distance == "network":
+            return self._distance_network[0].to(a.device)(a, b)
         c = o.huber_c if o.huber_c is not None else 0.00054 * math.sqrt(a[0].numel())
         return (sample_sum((a - b).square()) + c**2).sqrt() - c
 
@@ -104,7 +113,12 @@ class CD(Objective):
 def build_cd(options: CDOptions, context) -> CD:
     if not isinstance(context.generator, ConsistencyGenerator):
         raise ConfigError("generator.kind: cd trains a consistency student; set generator.kind: consistency")
-    return CD(options, context.generator)
+    if (options.distance == "network") != (options.distance_network is not None):
+        raise ConfigError("objective.distance_network: name the network ('package.module:function') exactly when "
+                          "objective.distance is network")
+    network = (load_distance_network(options.distance_network, options.distance_weights, "objective")
+               if options.distance_network else None)
+    return CD(options, context.generator, network)
 
 
 OBJECTIVES.register("cd", CDOptions)(build_cd)

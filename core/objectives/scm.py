@@ -9,6 +9,9 @@ arctan(sigma / sigma_d) for sigma log-normal(p_mean, p_std) and x0 a real sample
     loss = w(t) e^-logvar ||F_theta - F- - g / (||g|| + c)||^2 / D + logvar,  w = 1 / (sigma_d tan t)
 
 F- = sg(F_theta) (a semi-gradient: no target network), from a separate forward with grad, the loss in float64.
+With an adversary (SANA-Sprint's sCM + LADD, Chen et al. 2025; consistency.md §4.3) the student's adversarial
+samples, in both phases, are f at real samples noised with fresh noise at a drawn level, the top level instead
+for a share `adversarial_max_time` of them (SANA's max-time weighting).
 The student's F is read from its Denoiser through `core/trigflow.py`, so any teacher schedule works; its
 consistency function is the network's own x0 (`generator.parameterisation: trigflow`)."""
 
@@ -19,12 +22,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from potstill.core import parallel
 from potstill.core.config import RULES, ConfigError, Rule
 from potstill.core.consistency import ConsistencyGenerator
 from potstill.core.denoiser import Denoiser
+from potstill.core.jvp import jvp_without_grad
 from potstill.core.objectives.base import Objective
 from potstill.core.registry import OBJECTIVES
 from potstill.core.tensors import per_sample, sample_sum
@@ -49,9 +52,11 @@ class SCMOptions:
     tangent_c: float = 0.1
     prior_weighting: bool = True
     adaptive_weighting: bool = True
+    adversarial_max_time: float = 0.5
 
 
 RULES[SCMOptions] = {"sigma_data": Rule(lambda v: v > 0, "greater than 0"),
+                     "adversarial_max_time": Rule(lambda v: 0 <= v <= 1, "in [0, 1]"),
                      "tangent_warmup": Rule(lambda v: 0 <= v <= 1, "in [0, 1]"),
                      "tangent_c": Rule(lambda v: v > 0, "greater than 0")}
 
@@ -64,11 +69,7 @@ def scm_tangent(velocity, x_t: torch.Tensor, t: torch.Tensor, dxdt: torch.Tensor
     x_t = sigma_d x~."""
     cos, sin = torch.cos(t), torch.sin(t)
     cs = per_sample(cos * sin, x_t).to(x_t)
-    dtype = torch.promote_types(x_t.dtype, torch.float32)
-    autocast_off = torch.autocast(x_t.device.type, enabled=False)
-    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), autocast_off:
-        f_minus, jvp = torch.func.jvp(velocity, (x_t.to(dtype) / sigma_data, t),
-                                      (cs.to(dtype) * dxdt.to(dtype) / sigma_data, cos * sin))
+    f_minus, jvp = jvp_without_grad(velocity, (x_t / sigma_data, t), (cs * dxdt / sigma_data, cos * sin))
     cos2 = per_sample(cos**2, x_t).to(x_t)
     g = -cos2 * (sigma_data * f_minus - dxdt) - r * (cs * x_t + sigma_data * jvp)
     return f_minus, g
@@ -83,12 +84,27 @@ class SCM(Objective):
         o = self.options
         return 1.0 if o.tangent_warmup == 0 else min(1.0, self.progress / o.tangent_warmup)
 
+    def draw_sigmas(self, generator: ConsistencyGenerator, n: int, device: torch.device) -> torch.Tensor:
+        """n EDM sigmas, log-normal(p_mean, p_std) clamped to the student's range, float64 (this rank's rows)."""
+        o = self.options
+        log_sigma = parallel.draw_local(lambda m: o.p_mean + o.p_std * torch.randn(m, dtype=torch.float64), n)
+        return log_sigma.exp().clamp(generator.sigma_min, generator.sigma_max).to(device)
+
+    def adversarial_sample(self, generator: ConsistencyGenerator, real: torch.Tensor, cond) -> torch.Tensor:
+        """f at `real` noised with fresh noise to drawn sigmas, each replaced by sigma_max with probability
+        `adversarial_max_time` (SANA-Sprint's student sample for LADD, `train_scm_ladd.py`)."""
+        n = real.shape[0]
+        sigma = self.draw_sigmas(generator, n, real.device)
+        top = parallel.draw_local(lambda m: torch.rand(m, dtype=torch.float64), n).to(real.device)
+        sigma = torch.where(top < self.options.adversarial_max_time, generator.sigma_max, sigma)
+        return generator.consistency(real + per_sample(sigma, real).to(real) * parallel.randn_like(real), sigma, cond)
+
+    def critic_samples(self, generator: ConsistencyGenerator, real: torch.Tensor, cond) -> torch.Tensor:
+        return self.adversarial_sample(generator, real, cond)
+
     def generator_step(self, generator, real, cond, teacher: Denoiser, fake=None, adversary=None):
         o, sd = self.options, self.options.sigma_data
-        n = real.shape[0]
-        log_sigma = parallel.draw_local(lambda m: o.p_mean + o.p_std * torch.randn(m, dtype=torch.float64), n)
-        sigma = log_sigma.exp().clamp(generator.sigma_min, generator.sigma_max).to(real.device)
-        t = trig_time(sigma, sd)
+        t = trig_time(self.draw_sigmas(generator, real.shape[0], real.device), sd)
         z = sd * parallel.randn_like(real)
         cos, sin = per_sample(torch.cos(t), real).to(real), per_sample(torch.sin(t), real).to(real)
         x_t = cos * real + sin * z
@@ -110,7 +126,9 @@ class SCM(Objective):
         logvar = generator.logvar(t).double() if o.adaptive_weighting else torch.zeros_like(t)
         loss = (weight * torch.exp(-logvar) * residual + logvar).mean()
         metrics = {"scm": loss.item(), "scm_tangent_norm": norm.mean().item(), "scm_r": r}
-        return loss, metrics, trigflow_x0(x_t, t, f_theta, sd)
+        samples = (trigflow_x0(x_t, t, f_theta, sd) if adversary is None
+                   else self.adversarial_sample(generator, real, cond))
+        return loss, metrics, samples
 
 
 def build_scm(options: SCMOptions, context) -> SCM:
