@@ -10,7 +10,8 @@ __version__ = "0.1.0"
 
 
 def import_builtins() -> None:
-    """Import every built-in component module, which registers it."""
+    """Import every built-in component module, which registers it, then the installed packages' plugins (entry
+    point group `potstill.plugins`)."""
     from potstill import backbones, modalities  # noqa: F401
     from potstill.core import (  # noqa: F401
         adversarial,
@@ -21,8 +22,10 @@ def import_builtins() -> None:
         objectives,
         teacher_file,
     )
+    from potstill.core.plugins import load_entry_point_plugins
     from potstill.data import digits, moving_digits, shapes3d, tones, webdataset_source  # noqa: F401
     from potstill.modalities import audio, audio_codecs, field_generator, text_to_3d, video  # noqa: F401
+    load_entry_point_plugins()
 
 
 on_first_lookup(import_builtins)

@@ -99,6 +99,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimGroup = field(default_factory=OptimGroup)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    plugins: list[str] = field(default_factory=list)   # modules or .py files imported first (core/plugins.py)
 
 
 class Rule(NamedTuple):
@@ -391,10 +392,14 @@ def apply_overrides(data: dict, overrides: list[str], sections: dict[str, reg.Re
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 data: dict | None = None) -> RunConfig:
-    """Load a RunConfig from a YAML file (or an already-read mapping) plus `--set` overrides."""
+    """Load a RunConfig from a YAML file (or an already-read mapping) plus `--set` overrides, after importing the
+    `plugins` it names (core/plugins.py), whose components it may then name."""
+    from potstill.core.plugins import import_config_plugins
+
     raw = read_yaml(Path(path)) if path is not None else copy.deepcopy(data or {})
     raw = apply_overrides(raw, overrides or [])
     raw.setdefault("engine", "plain")
+    import_config_plugins(raw)
     return from_dict(RunConfig, raw)
 
 

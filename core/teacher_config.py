@@ -81,6 +81,7 @@ class TeacherRunConfig:
     codec: Component | None = None      # the teacher models the codec's encoding of the data (mel frames, latents)
     text_encoder: Component | None = None   # embeds the data's captions or prompts; the teacher file records it
     train: TeacherTrainConfig = field(default_factory=TeacherTrainConfig)
+    plugins: list[str] = field(default_factory=list)   # modules or .py files imported first (core/plugins.py)
 
 
 SECTIONS = {"backbone": reg.BACKBONES, "schedule": reg.SCHEDULES, "real_data": reg.DATASETS, "codec": reg.CODECS,
@@ -98,5 +99,8 @@ RULES[TeacherRunConfig] = {"sigma_data": POSITIVE, "label_dropout": FRACTION}
 def load_teacher_config(path: str | Path | None = None, overrides: list[str] | None = None,
                         data: dict | None = None) -> TeacherRunConfig:
     """A TeacherRunConfig from a YAML file (or an already-read mapping) plus `--set` overrides."""
-    raw = read_yaml(Path(path)) if path is not None else dict(data or {})
-    return from_dict(TeacherRunConfig, apply_overrides(raw, overrides or [], SECTIONS))
+    from potstill.core.plugins import import_config_plugins
+
+    raw = apply_overrides(read_yaml(Path(path)) if path is not None else dict(data or {}), overrides or [], SECTIONS)
+    import_config_plugins(raw)
+    return from_dict(TeacherRunConfig, raw)

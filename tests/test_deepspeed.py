@@ -166,3 +166,11 @@ def test_deepspeed_run_samples_without_deepspeed(digits_two_ranks):
     with torch.no_grad():
         samples = distiller.ema.model.sample(noise, cond)
     assert samples.shape == (8, 1, 8, 8) and torch.isfinite(samples).all()
+
+
+def test_two_ranks_import_a_plugin_and_train_its_components(tmp_path):
+    """The example out-of-tree modality and objective (examples/radial_plugin.py) on 2 DeepSpeed ranks: each rank
+    imports the plugin the config names before reading it."""
+    overrides = [*QUICK, "train.steps=6", "train.checkpoint_every=0", "engine=deepspeed"]
+    run_launch(distill_command(ROOT / "examples" / "radial.yaml", tmp_path / "run", overrides), ROOT)
+    assert "radius_gap" in (tmp_path / "run" / "report.json").read_text()
