@@ -50,10 +50,23 @@ def _sample(args) -> None:
 def _eval(args) -> None:
     from potstill.runs import open_run
 
+    if bool(args.fid_real) != bool(args.inception):
+        raise SystemExit("potstill eval: --fid-real and --inception go together (FID needs real images and the "
+                         "Inception weights file)")
+
     distiller = open_run(args.run, args.device)
     if args.n:
         distiller.config.eval.n_samples = args.n
-    print(json.dumps(distiller.evaluate(), indent=2))
+    report = distiller.evaluate()
+    if args.fid_real:
+        from potstill.core.checkpoint import write_text_atomic
+        from potstill.core.fid import run_fid
+
+        report["fid"] = run_fid(distiller, args.fid_real, args.inception, distiller.config.eval.n_samples,
+                                distiller.config.eval.batch_size)
+        path = distiller.run_dir / "report.json"
+        write_text_atomic(path, json.dumps(json.loads(path.read_text()) | {"fid": report["fid"]}, indent=2))
+    print(json.dumps(report, indent=2))
 
 
 def _export(args) -> None:
@@ -143,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="score a run's EMA student and rewrite its report.json")
     p.add_argument("run")
     p.add_argument("--n", type=positive, default=None, help="samples to score (default: the config's eval.n_samples)")
+    p.add_argument("--fid-real", default=None, metavar="PATTERN",
+                   help="also FID against as many real images from these shards (needs --inception)")
+    p.add_argument("--inception", default=None, metavar="FILE",
+                   help="the Inception weights for FID: torch-fidelity's pt_inception-2015-12-05 file, local")
     add_device_argument(p)
     p.set_defaults(func=_eval)
 
