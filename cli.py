@@ -59,13 +59,21 @@ def _eval(args) -> None:
         distiller.config.eval.n_samples = args.n
     report = distiller.evaluate()
     if args.fid_real:
-        from potstill.core.checkpoint import write_text_atomic
         from potstill.core.fid import run_fid
 
         report["fid"] = run_fid(distiller, args.fid_real, args.inception, distiller.config.eval.n_samples,
                                 distiller.config.eval.batch_size)
+    if args.clip_score:
+        from potstill.core.clip_score import run_clip_score
+
+        report["clip_score"] = run_clip_score(distiller, distiller.config.eval.n_samples,
+                                              distiller.config.eval.batch_size)
+    extra = {key: report[key] for key in ("fid", "clip_score") if key in report}
+    if extra:
+        from potstill.core.checkpoint import write_text_atomic
+
         path = distiller.run_dir / "report.json"
-        write_text_atomic(path, json.dumps(json.loads(path.read_text()) | {"fid": report["fid"]}, indent=2))
+        write_text_atomic(path, json.dumps(json.loads(path.read_text()) | extra, indent=2))
     print(json.dumps(report, indent=2))
 
 
@@ -160,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also FID against as many real images from these shards (needs --inception)")
     p.add_argument("--inception", default=None, metavar="FILE",
                    help="the Inception weights for FID: torch-fidelity's pt_inception-2015-12-05 file, local")
+    p.add_argument("--clip-score", action="store_true",
+                   help="also the CLIP score of a text-conditioned run, by its text encoder's open_clip model")
     add_device_argument(p)
     p.set_defaults(func=_eval)
 

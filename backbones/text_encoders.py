@@ -33,8 +33,9 @@ class OpenClipTextOptions:
     device: str = "cpu"
 
 
-def build_clip(options: OpenClipTextOptions) -> nn.Module:
-    """The open_clip model with its text tower only (the image tower is dropped once weights are in)."""
+def build_clip(options: OpenClipTextOptions, keep_visual: bool = False) -> nn.Module:
+    """The open_clip model with its text tower only (the image tower is dropped once weights are in, unless
+    `keep_visual`: the CLIP score reads both)."""
     import open_clip
 
     if open_clip.get_model_config(options.model) is None:
@@ -58,7 +59,8 @@ def build_clip(options: OpenClipTextOptions) -> nn.Module:
                          f"({str(error).splitlines()[0][:200]})") from None
     finally:
         quiet.setLevel(level)
-    model.visual = None
+    if not keep_visual:
+        model.visual = None
     return model
 
 

@@ -146,3 +146,45 @@ def test_missing_text_encoder_is_named(text_teacher, digits_shards):
     wide = {**TEXT_ENCODER, "model_overrides": {**TOWER, "embed_dim": 8}}
     with pytest.raises(ValueError, match="the teacher takes text embeddings of width 16, the text encoder makes 8"):
         Distiller(load_config(data={**base, "text_encoder": wide}))
+
+
+def test_clip_score_of_a_text_conditioned_run(text_teacher, tmp_path):
+    """`potstill eval RUN --clip-score` scores each prompt's samples with the run's open_clip model, both towers from
+    its local weights file; recomputed here with torchvision's resize and normalisation on the same samples."""
+    import torchvision.transforms.functional as TF
+
+    from potstill.runs import distill, open_run
+    torch.manual_seed(5)
+    source = open_clip.create_model("ViT-B-32", pretrained=None, pretrained_text=False, **TOWER)
+    weights = tmp_path / "clip.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, weights)
+    prompts = ["a handwritten digit one", "a cat"]
+    config = load_config(data={
+        "modality": {"kind": "image", "classifier": None, "prompts": prompts},
+        "text_encoder": TEXT_ENCODER | {"checkpoint": str(weights)},
+        "teacher": {"kind": "dit", "checkpoint": text_teacher},
+        "generator": {"kind": "denoiser", "times": [2.5]},
+        "fake_score": "teacher_copy", "objective": "dmd2",
+        "train": {"steps": 1, "batch_size": 4, "progress": False, "sample_every": 0},
+        "eval": {"n_samples": 6, "batch_size": 2},
+    })
+    distill(config, tmp_path / "run")
+    main(["eval", str(tmp_path / "run"), "--clip-score"])
+    reported = json.loads((tmp_path / "run" / "report.json").read_text())["clip_score"]
+    assert reported["n"] == 6 and reported["prompts"] == 2
+    run = open_run(tmp_path / "run")
+    generator = torch.Generator().manual_seed(0)
+    tokenizer = open_clip.get_tokenizer("ViT-B-32", context_length=24)
+    scores = []
+    with torch.no_grad():
+        for prompt, embedding in zip(prompts, run.text_encoder.encode(prompts), strict=True):
+            for rows in (2, 1):
+                noise = torch.randn(rows, 1, 8, 8, generator=generator)
+                x = run.ema.model.sample(noise, embedding.expand(rows, -1).clone()).clamp(-1, 1)
+                rgb = ((x + 1) / 2).expand(-1, 3, -1, -1)
+                pixels = TF.normalize(TF.resize(rgb, [32, 32], TF.InterpolationMode.BICUBIC, antialias=True),
+                                      source.visual.image_mean, source.visual.image_std)
+                image = source.encode_image(pixels, normalize=True)
+                text = source.encode_text(tokenizer([prompt] * rows), normalize=True)
+                scores.append((100 * (image * text).sum(-1)).clamp(min=0))
+    assert reported["value"] == pytest.approx(float(torch.cat(scores).mean()), rel=1e-5)
