@@ -24,6 +24,7 @@ from potstill.core.ema import EMA
 from potstill.core.engine import Engine, NonFiniteError, Part, Trainable
 from potstill.core.evaluation import evaluate_generator, evaluate_teacher
 from potstill.core.generator import Generator
+from potstill.core.lora import shared_keys
 from potstill.core.modality import Modality
 from potstill.core.samplers import default_solver
 from potstill.core.step_loop import RunningMean, StepLoop, refuse_nonfinite
@@ -141,7 +142,7 @@ class Distiller(StepLoop):
         for module in (self.generator, self.fake_score, self.adversary, self.objective):
             if module is not None:
                 module.to(self.engine.device)
-        self.ema = EMA(self.generator, config.train.ema_decay)
+        self.ema = EMA(self.generator, config.train.ema_decay, shared=self.teacher)
         if config.train.activation_checkpointing:
             enable_activation_checkpointing([m for m in (self.generator, self.fake_score) if has_parameters(m)])
         self._prepare_training()
@@ -273,17 +274,18 @@ class Distiller(StepLoop):
 
     def generator_update(self) -> dict[str, float]:
         """The objective's surrogate loss plus the weighted adversarial term; critic frozen meanwhile."""
-        frozen = [m for m in (self.fake_score, self.adversary) if has_parameters(m)]
-        for module in frozen:
-            module.requires_grad_(False)
+        frozen = [p for m in (self.fake_score, self.adversary) if m is not None for p in m.parameters()
+                  if p.requires_grad]
+        for parameter in frozen:
+            parameter.requires_grad_(False)
         try:
             metrics = RunningMean()
             for _ in range(self.config.train.grad_accum):
                 metrics.add(self._generator_micro_batch())
             result = metrics.mean() | self._grad_norms(self.g_train)
         finally:
-            for module in frozen:
-                module.requires_grad_(True)
+            for parameter in frozen:
+                parameter.requires_grad_(True)
         self.ema.update(self.generator)
         self.objective.after_generator_step(self.generator)
         self.last_generator_step = self.step
@@ -337,6 +339,17 @@ class Distiller(StepLoop):
             modules.append(("objective", self.objective))
         return modules
 
+    def own_weights(self, module: nn.Module) -> dict[str, torch.Tensor]:
+        """A model's weights less the tensors it shares with the teacher (a LoRA copy's base), which come back
+        from the teacher when the run is opened."""
+        shared = shared_keys(module, self.teacher)
+        return {k: v for k, v in self.engine.full_state_dict(module).items() if k not in shared}
+
+    def with_teacher_weights(self, module: nn.Module, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Saved weights completed by the tensors the model shares with the teacher."""
+        shared = shared_keys(module, self.teacher)
+        return {k: v for k, v in module.state_dict().items() if k in shared} | weights
+
     def save(self) -> Path:
         """Write a checkpoint atomically; under DeepSpeed every rank takes part and the main rank commits it. A
         step already saved intact is not written again; a model with a NaN or infinity is never saved."""
@@ -344,7 +357,7 @@ class Distiller(StepLoop):
         final = ckpt.final_folder(folder, self.step)
         if self.engine.broadcast(self.engine.is_main and ckpt.checkpoint_problem(final) is None):
             return final
-        weights = {name: self.engine.full_state_dict(module) for name, module in self._saved_modules()}
+        weights = {name: self.own_weights(module) for name, module in self._saved_modules()}
         refuse_nonfinite(weights, self.step, self.engine)
         staging = ckpt.staging_folder(folder, self.step)
         if self.engine.is_main:
@@ -367,7 +380,8 @@ class Distiller(StepLoop):
         if not verified:
             ckpt.verify_checkpoint(checkpoint, None if training_state else ckpt.is_weights_file)
         for name, module in self._saved_modules():
-            self.engine.load_full_state_dict(module, ckpt.load_weights(checkpoint, name))
+            self.engine.load_full_state_dict(module, self.with_teacher_weights(module, ckpt.load_weights(checkpoint,
+                                                                                                       name)))
         if not training_state:
             self.step = ckpt.checkpoint_step(checkpoint)
             return

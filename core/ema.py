@@ -17,10 +17,15 @@ class EMA(nn.Module):
     """ema <- decay * ema + (1 - decay) * online, parameters and floating buffers alike. When the student
     is partitioned (ZeRO-3) the EMA copy is partitioned the same way and each rank averages its own share."""
 
-    def __init__(self, model: nn.Module, decay: float) -> None:
+    def __init__(self, model: nn.Module, decay: float, shared: nn.Module | None = None) -> None:
+        """`shared`: a module whose tensors the model holds as its own frozen ones (a LoRA student's base, the
+        teacher's); the copy keeps sharing them rather than copying them."""
         super().__init__()
         self.decay = decay
-        self.model = copy.deepcopy(model).requires_grad_(False).eval()
+        memo = {id(t): t for t in (*shared.parameters(), *shared.buffers())} if shared is not None else {}
+        self.model = copy.deepcopy(model, memo=memo).eval()
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(False)
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:

@@ -11,6 +11,7 @@ from potstill.core.config import ConfigError
 from potstill.core.denoiser import Denoiser
 from potstill.core.generator import DenoiserGenerator, NoisedRealGenerator
 from potstill.core.init_from import load_init_weights
+from potstill.core.lora import LoRAOptions, check_engine_shares, lora_copy
 from potstill.core.registry import FAKE_SCORES, GENERATORS
 from potstill.core.time_draws import TimeOptions
 
@@ -23,7 +24,8 @@ class DenoiserGeneratorOptions:
     `inputs: real` trains on real samples noised to a time drawn by `gen_t` (ARC; needs `real_data`), positions
     uniform in [0, 1) by default, `{t_low: 1, t_high: 1}` for pure noise; sampling still starts from noise;
     `condition_dropout` (with `inputs: real`) drops that share of its conditions to the null one on its own steps
-    (ARC's anchor: 0.1)."""
+    (ARC's anchor: 0.1). `lora`: train low-rank adapters on the teacher's own frozen weights instead of a full copy
+    (core/lora.py)."""
 
     times: list[float] = field(default_factory=lambda: [80.0])
     guidance: float = 1.0
@@ -31,6 +33,7 @@ class DenoiserGeneratorOptions:
     inputs: Literal["noise", "real"] = "noise"
     gen_t: TimeOptions = field(default_factory=lambda: TimeOptions(t_low=0.0, t_high=1.0, t_grid=0))
     condition_dropout: float = 0.0
+    lora: LoRAOptions | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.condition_dropout < 1:
@@ -46,9 +49,24 @@ def copy_teacher(teacher, key: str) -> Denoiser:
     return copy.deepcopy(teacher).requires_grad_(True).train()
 
 
+def teacher_network(context, lora: LoRAOptions | None, section: str) -> Denoiser:
+    """A full trainable copy of the teacher, or with `lora` its LoRA copy on the teacher's own weights."""
+    if lora is None:
+        return copy_teacher(context.teacher, f"{section}.kind")
+    check_engine_shares(context.config, f"{section}.lora")
+    return lora_copy(context.teacher, lora, f"{section}.lora")
+
+
+@dataclass
+class TeacherCopyOptions:
+    """`lora`: the fake score as LoRA adapters on the teacher's own frozen weights (core/lora.py)."""
+
+    lora: LoRAOptions | None = None
+
+
 @GENERATORS.register("denoiser", DenoiserGeneratorOptions)
 def build_denoiser_generator(options: DenoiserGeneratorOptions, context) -> DenoiserGenerator:
-    denoiser = copy_teacher(context.teacher, "generator.kind")
+    denoiser = teacher_network(context, options.lora, "generator")
     if options.inputs == "real":
         generator = NoisedRealGenerator(denoiser, options.times, options.gen_t, options.guidance,
                                         options.condition_dropout)
@@ -59,6 +77,6 @@ def build_denoiser_generator(options: DenoiserGeneratorOptions, context) -> Deno
     return generator
 
 
-@FAKE_SCORES.register("teacher_copy")
-def build_teacher_copy(options, context) -> Denoiser:
-    return copy_teacher(context.teacher, "fake_score.kind")
+@FAKE_SCORES.register("teacher_copy", TeacherCopyOptions)
+def build_teacher_copy(options: TeacherCopyOptions | None, context) -> Denoiser:
+    return teacher_network(context, options.lora if options is not None else None, "fake_score")
