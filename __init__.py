@@ -17,6 +17,7 @@ def import_builtins() -> None:
         adversarial,
         causal_student,
         deepspeed_engine,
+        diffusers_teacher,
         engine,
         from_teacher,
         objectives,

@@ -1,0 +1,106 @@
+"""Teachers from a local diffusers folder (`teacher: {kind: diffusers, path: DIR}`), loaded offline with
+`from_pretrained(..., local_files_only=True)`: the model (UNet2DModel here) answers the Denoiser's backbone call, its
+scheduler's config becomes the potstill schedule exactly (a DDPM beta table: core/discrete_schedule.py) with its
+prediction type (epsilon, v_prediction, sample), and its down, mid and up blocks are the `features` the
+discriminator heads read, so every objective and adversary runs on it unchanged."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from potstill.core.config import ConfigError
+from potstill.core.denoiser import Denoiser
+from potstill.core.discrete_schedule import DiscreteVPSchedule
+from potstill.core.registry import TEACHERS
+
+PREDICTIONS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
+MODEL_CLASSES = ("UNet2DModel",)
+
+
+@dataclass
+class DiffusersTeacherOptions:
+    """`path`: a local diffusers folder (a pipeline's, or a model's own); `subfolder`: the model's folder in it
+    (null: the folder itself); `model_class`: the diffusers class that reads it; `scheduler_subfolder`: where the
+    scheduler config lies (a DDPM-family scheduler: DDPM, DDIM, Euler, ...); `sigma_data`: the data's std, for the
+    objectives that read it."""
+
+    path: str = ""
+    subfolder: str | None = "unet"
+    model_class: str = "UNet2DModel"
+    scheduler_subfolder: str = "scheduler"
+    sigma_data: float = 0.5
+
+
+def block_output(output) -> torch.Tensor:
+    """A diffusers block's hidden states (down blocks also return their skip tensors)."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+class DiffusersUNetBackbone(nn.Module):
+    """`backbone(x, c_noise, cond, features)` for a diffusers UNet2DModel: c_noise is the scheduler's timestep,
+    `cond` class labels when the model embeds classes; features are the blocks' outputs as [B, H, W, C]."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.blocks = [*model.down_blocks, model.mid_block, *model.up_blocks]
+
+    def null_condition(self, cond):
+        raise ValueError("guidance: a diffusers UNet2DModel has no null class to guide against; use guidance 1")
+
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond=None, features: list[int] | None = None):
+        captured: list[torch.Tensor] = []
+        hooks = ([block.register_forward_hook(lambda module, args, output: captured.append(block_output(output)))
+                  for block in self.blocks] if features is not None else [])
+        try:
+            out = self.model(x, c_noise, class_labels=cond, return_dict=False)[0]
+        finally:
+            for hook in hooks:
+                hook.remove()
+        if features is None:
+            return out
+        return out, [rearrange(captured[i], "b c h w -> b h w c") for i in features]
+
+
+def load_scheduler_schedule(folder: Path, subfolder: str) -> tuple[DiscreteVPSchedule, str]:
+    """The schedule and prediction type of a DDPM-family scheduler config."""
+    from diffusers import DDPMScheduler
+
+    try:
+        scheduler = DDPMScheduler.from_pretrained(folder, subfolder=subfolder, local_files_only=True)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"teacher.scheduler_subfolder: no readable scheduler config in {folder / subfolder} "
+                          f"({str(error).splitlines()[0][:200]})") from None
+    prediction = scheduler.config.prediction_type
+    if prediction not in PREDICTIONS:
+        raise ConfigError(f"teacher: the scheduler's prediction_type {prediction!r} is not one of "
+                          f"{', '.join(PREDICTIONS)}")
+    return DiscreteVPSchedule(scheduler.alphas_cumprod), PREDICTIONS[prediction]
+
+
+@TEACHERS.register("diffusers", DiffusersTeacherOptions)
+def build_diffusers_teacher(options: DiffusersTeacherOptions, context) -> Denoiser:
+    import diffusers
+
+    folder = Path(options.path).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"teacher.path: {folder} is not a folder")
+    if options.model_class not in MODEL_CLASSES:
+        raise ConfigError(f"teacher.model_class: {options.model_class!r} is not supported yet; valid: "
+                          f"{', '.join(MODEL_CLASSES)}")
+    try:
+        model = getattr(diffusers, options.model_class).from_pretrained(folder, subfolder=options.subfolder,
+                                                                        local_files_only=True)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"teacher.path: no {options.model_class} in {folder / (options.subfolder or '')} "
+                          f"({str(error).splitlines()[0][:200]})") from None
+    schedule, prediction = load_scheduler_schedule(folder, options.scheduler_subfolder)
+    config = model.config
+    size = config.sample_size if isinstance(config.sample_size, int) else config.sample_size[0]
+    return Denoiser(DiffusersUNetBackbone(model), schedule, prediction, options.sigma_data,
+                    (config.in_channels, size, size), config.num_class_embeds or 0)
