@@ -1,8 +1,9 @@
 """Teachers from a local diffusers folder (`teacher: {kind: diffusers, path: DIR}`), loaded offline with
-`from_pretrained(..., local_files_only=True)`: the model (UNet2DModel here) answers the Denoiser's backbone call, its
-scheduler's config becomes the potstill schedule exactly (a DDPM beta table: core/discrete_schedule.py) with its
-prediction type (epsilon, v_prediction, sample), and its down, mid and up blocks are the `features` the
-discriminator heads read, so every objective and adversary runs on it unchanged."""
+`from_pretrained(..., local_files_only=True)`: the model (UNet2DModel, DiTTransformer2DModel) answers the
+Denoiser's backbone call, its scheduler's config becomes the potstill schedule exactly (a DDPM beta table:
+core/discrete_schedule.py) with its prediction type (epsilon, v_prediction, sample), and its blocks (a UNet's down,
+mid and up blocks, a transformer's blocks) are the `features` the discriminator heads read, so every objective and
+adversary runs on it unchanged."""
 
 from __future__ import annotations
 
@@ -19,15 +20,38 @@ from potstill.core.discrete_schedule import DiscreteVPSchedule
 from potstill.core.registry import TEACHERS
 
 PREDICTIONS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
-MODEL_CLASSES = ("UNet2DModel",)
+
+
+def unet_blocks(model: nn.Module) -> list[nn.Module]:
+    return [*model.down_blocks, model.mid_block, *model.up_blocks]
+
+
+def transformer_blocks(model: nn.Module) -> list[nn.Module]:
+    return list(model.transformer_blocks)
+
+
+def unet_classes(model: nn.Module) -> tuple[int, int | None]:
+    """(classes, null class): a UNet2DModel's class embedding has no null row."""
+    return model.config.num_class_embeds or 0, None
+
+
+def dit_classes(model: nn.Module) -> tuple[int, int | None]:
+    """(classes, null class): DiT's label table has one extra row, the null class, when it was trained with label
+    dropout."""
+    classes = model.config.num_embeds_ada_norm or 0
+    table = model.transformer_blocks[0].norm1.emb.class_embedder.embedding_table
+    return classes, classes if table.num_embeddings > classes else None
+
+
+MODEL_CLASSES = {"UNet2DModel": (unet_blocks, unet_classes), "DiTTransformer2DModel": (transformer_blocks, dit_classes)}
 
 
 @dataclass
 class DiffusersTeacherOptions:
     """`path`: a local diffusers folder (a pipeline's, or a model's own); `subfolder`: the model's folder in it
-    (null: the folder itself); `model_class`: the diffusers class that reads it; `scheduler_subfolder`: where the
-    scheduler config lies (a DDPM-family scheduler: DDPM, DDIM, Euler, ...); `sigma_data`: the data's std, for the
-    objectives that read it."""
+    (null: the folder itself); `model_class`: the diffusers class that reads it (UNet2DModel, DiTTransformer2DModel);
+    `scheduler_subfolder`: where the scheduler config lies (a DDPM-family scheduler: DDPM, DDIM, Euler, ...);
+    `sigma_data`: the data's std, for the objectives that read it."""
 
     path: str = ""
     subfolder: str | None = "unet"
@@ -37,34 +61,44 @@ class DiffusersTeacherOptions:
 
 
 def block_output(output) -> torch.Tensor:
-    """A diffusers block's hidden states (down blocks also return their skip tensors)."""
+    """A diffusers block's hidden states (a UNet's down blocks also return their skip tensors)."""
     return output[0] if isinstance(output, tuple) else output
 
 
-class DiffusersUNetBackbone(nn.Module):
-    """`backbone(x, c_noise, cond, features)` for a diffusers UNet2DModel: c_noise is the scheduler's timestep,
-    `cond` class labels when the model embeds classes; features are the blocks' outputs as [B, H, W, C]."""
+class DiffusersBackbone(nn.Module):
+    """`backbone(x, c_noise, cond, features)` for a diffusers model: c_noise is the scheduler's timestep, `cond`
+    class labels when the model embeds classes; the output keeps x's channels (a DiT's learned-variance channels
+    are dropped); features are the blocks' outputs as [B, H, W, C] or [B, tokens, C]. The model never runs in
+    training mode: a student copy conditions on every label (no label dropout) and has no dropout of its own."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, blocks: list[nn.Module], null_class: int | None) -> None:
         super().__init__()
-        self.model = model
-        self.blocks = [*model.down_blocks, model.mid_block, *model.up_blocks]
+        self.model, self.blocks, self.null_class = model, blocks, null_class
+
+    def train(self, mode: bool = True) -> DiffusersBackbone:
+        super().train(mode)
+        self.model.eval()
+        return self
 
     def null_condition(self, cond):
-        raise ValueError("guidance: a diffusers UNet2DModel has no null class to guide against; use guidance 1")
+        if self.null_class is None:
+            raise ValueError(f"guidance: this diffusers {type(self.model).__name__} has no null class to guide "
+                             "against; use guidance 1")
+        return torch.full_like(cond, self.null_class)
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond=None, features: list[int] | None = None):
         captured: list[torch.Tensor] = []
         hooks = ([block.register_forward_hook(lambda module, args, output: captured.append(block_output(output)))
                   for block in self.blocks] if features is not None else [])
         try:
-            out = self.model(x, c_noise, class_labels=cond, return_dict=False)[0]
+            out = self.model(x, c_noise, class_labels=cond, return_dict=False)[0][:, : x.shape[1]]
         finally:
             for hook in hooks:
                 hook.remove()
         if features is None:
             return out
-        return out, [rearrange(captured[i], "b c h w -> b h w c") for i in features]
+        chosen = [captured[i] for i in features]
+        return out, [rearrange(f, "b c h w -> b h w c") if f.ndim == 4 else f for f in chosen]
 
 
 def load_scheduler_schedule(folder: Path, subfolder: str) -> tuple[DiscreteVPSchedule, str]:
@@ -100,7 +134,9 @@ def build_diffusers_teacher(options: DiffusersTeacherOptions, context) -> Denois
         raise ConfigError(f"teacher.path: no {options.model_class} in {folder / (options.subfolder or '')} "
                           f"({str(error).splitlines()[0][:200]})") from None
     schedule, prediction = load_scheduler_schedule(folder, options.scheduler_subfolder)
+    blocks, classes = MODEL_CLASSES[options.model_class]
+    num_classes, null_class = classes(model)
     config = model.config
     size = config.sample_size if isinstance(config.sample_size, int) else config.sample_size[0]
-    return Denoiser(DiffusersUNetBackbone(model), schedule, prediction, options.sigma_data,
-                    (config.in_channels, size, size), config.num_class_embeds or 0)
+    return Denoiser(DiffusersBackbone(model, blocks(model), null_class), schedule, prediction, options.sigma_data,
+                    (config.in_channels, size, size), num_classes)
