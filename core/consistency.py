@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -114,21 +115,40 @@ class ConsistencyGenerator(Generator):
 
 
 @dataclass
-class ConsistencyGeneratorOptions:
-    """`network`: the student's Denoiser, made as a fake score is (`teacher_copy`, the default; `mlp` for the
-    vector teacher, which has no network to copy); `sigmas`: the sampling levels in EDM units (sigma / alpha),
-    decreasing (null: one step from sigma_max); `sigma_min`, `sigma_max`: the boundary and the top level (null:
-    the teacher schedule's, the top at most 80); `init_from`: a run directory whose EMA student these weights
-    start from; `parameterisation`: `karras` (CD's c_skip, c_out) or `trigflow` (sCM's: the network's x0);
-    `logvar_head`: sCM's adaptive weighting head, on `logvar_input`: `time_features` (an MLP on sin, cos of k t) or
-    `time_embedding` (a linear layer on the network's own time embedding, SANA-Sprint's and FastGen's)."""
+class NoisedStudentOptions:
+    """What the students trained on noised real samples share. `network`: the student's Denoiser, made as a fake
+    score is (`teacher_copy`, the default; `mlp` for the vector teacher, which has no network to copy);
+    `sigma_min`, `sigma_max`: the EDM noise range it covers (null: the teacher schedule's, the top at most 80);
+    `guidance`: CFG on the student; `init_from`: a run directory whose EMA student these weights start from."""
 
     network: Component = field(default_factory=lambda: Component("teacher_copy"))
-    sigmas: list[float] | None = None
     sigma_min: float | None = None
     sigma_max: float | None = None
     guidance: float = 1.0
     init_from: str | None = None
+
+
+def build_noised_student(options: NoisedStudentOptions, context,
+                         make: Callable[[Denoiser, float, float], Generator]) -> Generator:
+    """`make(denoiser, sigma_min, sigma_max)` on the configured network and noise range, then `init_from`."""
+    network = options.network
+    denoiser = FAKE_SCORES.get(network.kind, "generator.network.kind").builder(network.options, context)
+    low, high = sigma_range(denoiser.schedule, options.sigma_min, options.sigma_max)
+    generator = make(denoiser, low, high)
+    if options.init_from:
+        load_init_weights(generator, options.init_from)
+    return generator
+
+
+@dataclass
+class ConsistencyGeneratorOptions(NoisedStudentOptions):
+    """NoisedStudentOptions (`sigma_min` is the boundary), and `sigmas`: the sampling levels in EDM units
+    (sigma / alpha), decreasing (null: one step from sigma_max); `parameterisation`: `karras` (CD's c_skip, c_out)
+    or `trigflow` (sCM's: the network's x0); `logvar_head`: sCM's adaptive weighting head, on `logvar_input`:
+    `time_features` (an MLP on sin, cos of k t) or `time_embedding` (a linear layer on the network's own time
+    embedding, SANA-Sprint's and FastGen's)."""
+
+    sigmas: list[float] | None = None
     parameterisation: Literal["karras", "trigflow"] = "karras"
     logvar_head: bool = False
     logvar_input: LogvarInput = "time_features"
@@ -139,12 +159,9 @@ SECTION_REGISTRIES[ConsistencyGeneratorOptions] = {"network": FAKE_SCORES}
 
 @GENERATORS.register("consistency", ConsistencyGeneratorOptions)
 def build_consistency_generator(options: ConsistencyGeneratorOptions, context) -> ConsistencyGenerator:
-    network = options.network
-    denoiser = FAKE_SCORES.get(network.kind, "generator.network.kind").builder(network.options, context)
-    low, high = sigma_range(denoiser.schedule, options.sigma_min, options.sigma_max)
-    generator = ConsistencyGenerator(denoiser, options.sigmas or [high], low, high, options.guidance,
-                                     options.parameterisation,
-                                     build_logvar_head(options.logvar_input, denoiser) if options.logvar_head else None)
-    if options.init_from:
-        load_init_weights(generator, options.init_from)
-    return generator
+    def make(denoiser: Denoiser, low: float, high: float) -> ConsistencyGenerator:
+        logvar = build_logvar_head(options.logvar_input, denoiser) if options.logvar_head else None
+        return ConsistencyGenerator(denoiser, options.sigmas or [high], low, high, options.guidance,
+                                    options.parameterisation, logvar)
+
+    return build_noised_student(options, context, make)

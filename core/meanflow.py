@@ -9,18 +9,17 @@ v(z, t), which is MeanFlow's boundary at r = t."""
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from potstill.backbones.embeddings import TimestepEmbedder, time_embedding_width
 from potstill.core import parallel
-from potstill.core.config import SECTION_REGISTRIES, Component
-from potstill.core.consistency import edm_point, sigma_range
+from potstill.core.config import SECTION_REGISTRIES
+from potstill.core.consistency import NoisedStudentOptions, build_noised_student, edm_point
 from potstill.core.denoiser import Denoiser
 from potstill.core.generator import Generator
-from potstill.core.init_from import load_init_weights
 from potstill.core.registry import FAKE_SCORES, GENERATORS
 from potstill.core.tensors import per_sample
 
@@ -110,19 +109,11 @@ class MeanFlowGenerator(Generator):
 
 
 @dataclass
-class MeanFlowGeneratorOptions:
-    """`network`: the student's Denoiser, made as a fake score is (`teacher_copy`, the default; `mlp` for the
-    vector teacher); `times`: rectified-flow sampling times, decreasing (null: one step from the top);
-    `sigma_min`, `sigma_max`: the EDM noise range the student covers, as t = sigma / (1 + sigma) (null: the teacher
-    schedule's, the top at most 80, t = 0.988); `init_from`: a run directory whose EMA student these weights start
-    from."""
+class MeanFlowGeneratorOptions(NoisedStudentOptions):
+    """NoisedStudentOptions (the noise range as t = sigma / (1 + sigma): the top at most 80, t = 0.988), and
+    `times`: rectified-flow sampling times, decreasing (null: one step from the top)."""
 
-    network: Component = field(default_factory=lambda: Component("teacher_copy"))
     times: list[float] | None = None
-    sigma_min: float | None = None
-    sigma_max: float | None = None
-    guidance: float = 1.0
-    init_from: str | None = None
 
 
 SECTION_REGISTRIES[MeanFlowGeneratorOptions] = {"network": FAKE_SCORES}
@@ -130,11 +121,8 @@ SECTION_REGISTRIES[MeanFlowGeneratorOptions] = {"network": FAKE_SCORES}
 
 @GENERATORS.register("meanflow", MeanFlowGeneratorOptions)
 def build_meanflow_generator(options: MeanFlowGeneratorOptions, context) -> MeanFlowGenerator:
-    network = options.network
-    denoiser = FAKE_SCORES.get(network.kind, "generator.network.kind").builder(network.options, context)
-    low, high = sigma_range(denoiser.schedule, options.sigma_min, options.sigma_max)
-    t_max = flow_time(high)
-    generator = MeanFlowGenerator(denoiser, options.times or [t_max], flow_time(low), t_max, options.guidance)
-    if options.init_from:
-        load_init_weights(generator, options.init_from)
-    return generator
+    def make(denoiser: Denoiser, low: float, high: float) -> MeanFlowGenerator:
+        return MeanFlowGenerator(denoiser, options.times or [flow_time(high)], flow_time(low), flow_time(high),
+                                 options.guidance)
+
+    return build_noised_student(options, context, make)
