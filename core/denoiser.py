@@ -67,16 +67,18 @@ class Denoiser(nn.Module):
     def x0(self, x_t: torch.Tensor, t: torch.Tensor, cond=None, guidance: float = 1.0,
            **backbone_kwargs) -> torch.Tensor:
         """E[x0 | x_t]; with guidance s != 1, x0_u + s (x0_c - x0_u), the standard CFG form. `t` is [B] or, for
-        video, [B, F] (one time per frame); `backbone_kwargs` (a causal video backbone's `cache=`, `write=`)
-        go to the backbone call."""
+        video, [B, F] (one time per frame); `backbone_kwargs` (a causal video backbone's `cache=`, `write=`;
+        MeanFlow's `time_extra`) go to the backbone call, per-sample tensors among them doubled with the batch
+        under guidance."""
         t = _times(t, x_t)
         if guidance == 1.0 or cond is None:
             return self._raw(x_t, t, cond, None, **backbone_kwargs)[0]
         if backbone_kwargs.get("cache") is not None:
             raise ValueError(f"guidance: {guidance} doubles the batch (conditional and unconditional), which a KV "
                              "cache cannot follow; stream with guidance 1")
+        doubled = {k: torch.cat([v, v]) if isinstance(v, torch.Tensor) else v for k, v in backbone_kwargs.items()}
         both = self._raw(torch.cat([x_t, x_t]), torch.cat([t, t]),
-                         _concat(cond, self.null_condition(cond)), None, **backbone_kwargs)[0]
+                         _concat(cond, self.null_condition(cond)), None, **doubled)[0]
         conditional, unconditional = both.chunk(2)
         return unconditional + guidance * (conditional - unconditional)
 

@@ -84,13 +84,8 @@ class MeanFlowGenerator(Generator):
         self.times = torch.linspace(float(self.times[0]), 0, steps + 1, dtype=torch.float64)[:-1].to(self.times.device)
 
     def average_velocity(self, z: torch.Tensor, r: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
-        """u(z, r, t) for [B] times r <= t; with guidance, u_u + w (u_c - u_u) (CFG on the student)."""
-        extra = self.interval(t - r)
-        u = flow_velocity(self.denoiser, z, t, cond, time_extra=extra)
-        if self.guidance == 1.0 or cond is None:
-            return u
-        unconditional = flow_velocity(self.denoiser, z, t, self.denoiser.null_condition(cond), time_extra=extra)
-        return unconditional + self.guidance * (u - unconditional)
+        """u(z, r, t) for [B] times r <= t (CFG on the student with its guidance)."""
+        return flow_velocity(self.denoiser, z, t, cond, self.guidance, time_extra=self.interval(t - r))
 
     def forward(self, real: torch.Tensor, cond=None) -> torch.Tensor:
         """One flow-map step from real samples noised to times[0] (the student's one-step map, seen from data)."""

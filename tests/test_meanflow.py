@@ -112,3 +112,19 @@ def test_configuration_errors_name_the_key():
     with pytest.raises(ValueError, match=r"adversary: objective 'meanflow'"):
         Distiller(make_config(objective="meanflow", fake_score="mlp", real_data="mixture", adversary="feature_gan",
                               generator={"kind": "meanflow", "network": {"kind": "mlp"}}))
+
+
+def test_student_guidance_combines_the_conditional_and_null_average_velocities():
+    """With guidance w the student's u is u_null + w (u_c - u_null), the interval embedding going with both halves of
+    the doubled batch."""
+    student, z, cond = small_student("dit")
+    for p in student.interval.parameters():
+        nn.init.normal_(p, std=0.3)
+    t = torch.linspace(0.2, 0.9, 6, dtype=torch.float64)
+    r = t * torch.linspace(0.0, 0.9, 6, dtype=torch.float64)
+    with torch.no_grad():
+        conditional = student.average_velocity(z, r, t, cond)
+        unconditional = student.average_velocity(z, r, t, torch.full_like(cond, 3))
+        student.guidance = 2.5
+        torch.testing.assert_close(student.average_velocity(z, r, t, cond),
+                                   unconditional + 2.5 * (conditional - unconditional))
