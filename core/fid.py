@@ -14,7 +14,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from potstill.core.tensors import map_tensors
 from potstill.data.webdataset_source import WebDatasetOptions, open_stream
 
-REAL_SEED = 0
+SEED = 0      # the student's input draw (and the real stream's, which is read unshuffled)
 
 
 def to_uint8_rgb(images: torch.Tensor, data_range: tuple[float, float]) -> torch.Tensor:
@@ -42,7 +42,7 @@ def frechet_inception_distance(fake: torch.Tensor, real: torch.Tensor, inception
 def real_images(shards: str, n: int, sample_shape: tuple[int, ...]) -> torch.Tensor:
     """Up to `n` images read once from `shards` (in the data range, the modality's size and channels), unshuffled."""
     options = WebDatasetOptions(shards=shards, workers=0, shuffle_shards=False, shuffle_buffer=1)
-    stream = open_stream(options, min(n, 256), REAL_SEED, sample_shape, epochs=1)
+    stream = open_stream(options, min(n, 256), SEED, sample_shape, epochs=1)
     parts, have = [], 0
     for batch in stream.batches():
         parts.append(batch["x"])
@@ -55,7 +55,7 @@ def real_images(shards: str, n: int, sample_shape: tuple[int, ...]) -> torch.Ten
 
 
 @torch.no_grad()
-def student_images(distiller, n: int, batch: int, seed: int = REAL_SEED) -> torch.Tensor:
+def student_images(distiller, n: int, batch: int, seed: int = SEED) -> torch.Tensor:
     """n samples of the run's EMA student, in the data range, from inputs drawn with `seed`."""
     noise, cond = distiller.draw_inputs(n, torch.Generator().manual_seed(seed))
     student = distiller.ema.model.eval()
