@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> None:
     if engine.is_main:
         print(json.dumps(json.loads((distiller.run_dir / "report.json").read_text()), indent=2))
         print(f"run directory: {distiller.run_dir}")
+    engine.close()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -95,6 +95,7 @@ def worker(args: argparse.Namespace) -> None:
         "sec_per_step": seconds,
     }
     Path(args.out).with_name(f"{Path(args.out).stem}_rank{e.rank}.json").write_text(json.dumps(row))
+    e.close()
 
 
 def free_port() -> int:

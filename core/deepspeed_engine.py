@@ -220,6 +220,13 @@ class DeepSpeedEngine(Engine):
     def barrier(self) -> None:
         torch.distributed.barrier()
 
+    def close(self) -> None:
+        """Meet at a barrier, then destroy the process group: a rank that exits with gloo's threads still
+        running can abort in the C++ runtime ("terminate called without an active exception")."""
+        if torch.distributed.is_initialized():
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
+
     def broadcast(self, value: Any) -> Any:
         box = [value]
         torch.distributed.broadcast_object_list(box, src=0)

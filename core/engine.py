@@ -191,6 +191,9 @@ class Engine(ABC):
     def barrier(self) -> None:  # noqa: B027  (one process: nothing to wait for)
         """Wait for every rank."""
 
+    def close(self) -> None:  # noqa: B027  (one process: nothing to tear down)
+        """End the ranks' communication together, before the process exits (every rank must call this)."""
+
     def broadcast(self, value: Any) -> Any:
         """The main rank's `value` on every rank."""
         return value

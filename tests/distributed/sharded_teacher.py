@@ -40,6 +40,7 @@ def main(out: Path) -> None:
         "grad_scale": results["whole"][1].abs().max().item(),
     }
     (out / f"rank{engine.rank}.json").write_text(json.dumps(report))
+    engine.close()
 
 
 if __name__ == "__main__":
