@@ -18,6 +18,7 @@ def import_builtins() -> None:
         causal_student,
         deepspeed_engine,
         diffusers_teacher,
+        diffusers_vae,
         engine,
         from_teacher,
         objectives,

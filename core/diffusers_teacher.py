@@ -1,12 +1,14 @@
 """Teachers from a local diffusers folder (`teacher: {kind: diffusers, path: DIR}`), loaded offline with
-`from_pretrained(..., local_files_only=True)`: the model (UNet2DModel, DiTTransformer2DModel) answers the
-Denoiser's backbone call, its scheduler's config becomes the potstill schedule exactly (a DDPM beta table:
+`from_pretrained(..., local_files_only=True)`: the model (UNet2DModel, UNet2DConditionModel, DiTTransformer2DModel)
+answers the Denoiser's backbone call (class labels, or the run's token-sequence text conditions with the empty
+prompt's as the null one), its scheduler's config becomes the potstill schedule exactly (a DDPM beta table:
 core/discrete_schedule.py) with its prediction type (epsilon, v_prediction, sample), and its blocks (a UNet's down,
 mid and up blocks, a transformer's blocks) are the `features` the discriminator heads read, so every objective and
 adversary runs on it unchanged."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from potstill.backbones.transformers_text import TextLayout
 from potstill.core.config import ConfigError
 from potstill.core.denoiser import Denoiser
 from potstill.core.discrete_schedule import DiscreteVPSchedule
@@ -43,13 +46,28 @@ def dit_classes(model: nn.Module) -> tuple[int, int | None]:
     return classes, classes if table.num_embeddings > classes else None
 
 
-MODEL_CLASSES = {"UNet2DModel": (unet_blocks, unet_classes), "DiTTransformer2DModel": (transformer_blocks, dit_classes)}
+def no_classes(model: nn.Module) -> tuple[int, int | None]:
+    return 0, None
+
+
+@dataclass(frozen=True)
+class ModelReader:
+    """How potstill reads one diffusers model class: its feature blocks, its classes, and whether it reads text."""
+
+    blocks: Callable[[nn.Module], list[nn.Module]]
+    classes: Callable[[nn.Module], tuple[int, int | None]]
+    reads_text: bool = False
+
+
+MODEL_CLASSES = {"UNet2DModel": ModelReader(unet_blocks, unet_classes),
+                 "UNet2DConditionModel": ModelReader(unet_blocks, no_classes, reads_text=True),
+                 "DiTTransformer2DModel": ModelReader(transformer_blocks, dit_classes)}
 
 
 @dataclass
 class DiffusersTeacherOptions:
     """`path`: a local diffusers folder (a pipeline's, or a model's own); `subfolder`: the model's folder in it
-    (null: the folder itself); `model_class`: the diffusers class that reads it (UNet2DModel, DiTTransformer2DModel);
+    (null: the folder itself); `model_class`: the diffusers class that reads it (MODEL_CLASSES);
     `scheduler_subfolder`: where the scheduler config lies (a DDPM-family scheduler: DDPM, DDIM, Euler, ...);
     `sigma_data`: the data's std, for the objectives that read it."""
 
@@ -67,13 +85,18 @@ def block_output(output) -> torch.Tensor:
 
 class DiffusersBackbone(nn.Module):
     """`backbone(x, c_noise, cond, features)` for a diffusers model: c_noise is the scheduler's timestep, `cond`
-    class labels when the model embeds classes; the output keeps x's channels (a DiT's learned-variance channels
-    are dropped); features are the blocks' outputs as [B, H, W, C] or [B, tokens, C]. The model never runs in
-    training mode: a student copy conditions on every label (no label dropout) and has no dropout of its own."""
+    class labels when the model embeds classes, packed text conditions (backbones/transformers_text.py) when it
+    reads text, whose null is `null_text` (the text encoder's empty prompt); the output keeps x's channels (a DiT's
+    learned-variance channels are dropped); features are the blocks' outputs as [B, H, W, C] or [B, tokens, C]. The
+    model never runs in training mode: a student copy conditions on every label (no label dropout) and has no dropout
+    of its own."""
 
-    def __init__(self, model: nn.Module, blocks: list[nn.Module], null_class: int | None) -> None:
+    def __init__(self, model: nn.Module, blocks: list[nn.Module], null_class: int | None,
+                 text: TextLayout | None = None, null_text: torch.Tensor | None = None) -> None:
         super().__init__()
-        self.model, self.blocks, self.null_class = model, blocks, null_class
+        self.model, self.blocks, self.null_class, self.text = model, blocks, null_class, text
+        self.text_dim = text.dim if text is not None else 0
+        self.register_buffer("null_text", null_text, persistent=False)
 
     def train(self, mode: bool = True) -> DiffusersBackbone:
         super().train(mode)
@@ -81,17 +104,25 @@ class DiffusersBackbone(nn.Module):
         return self
 
     def null_condition(self, cond):
+        if self.text is not None:
+            return self.null_text.to(cond).expand(len(cond), -1, -1)
         if self.null_class is None:
             raise ValueError(f"guidance: this diffusers {type(self.model).__name__} has no null class to guide "
                              "against; use guidance 1")
         return torch.full_like(cond, self.null_class)
+
+    def condition_arguments(self, cond) -> dict:
+        if self.text is None:
+            return {"class_labels": cond}
+        states, _ = self.text.split(cond)
+        return {"encoder_hidden_states": states}
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond=None, features: list[int] | None = None):
         captured: list[torch.Tensor] = []
         hooks = ([block.register_forward_hook(lambda module, args, output: captured.append(block_output(output)))
                   for block in self.blocks] if features is not None else [])
         try:
-            out = self.model(x, c_noise, class_labels=cond, return_dict=False)[0][:, : x.shape[1]]
+            out = self.model(x, c_noise, **self.condition_arguments(cond), return_dict=False)[0][:, : x.shape[1]]
         finally:
             for hook in hooks:
                 hook.remove()
@@ -117,6 +148,23 @@ def load_scheduler_schedule(folder: Path, subfolder: str) -> tuple[DiscreteVPSch
     return DiscreteVPSchedule(scheduler.alphas_cumprod), PREDICTIONS[prediction]
 
 
+def text_conditioning(model: nn.Module, model_class: str, context) -> tuple[TextLayout, torch.Tensor]:
+    """The run's token-sequence text encoder's layout and null condition, checked against the model's width."""
+    encoder = getattr(context, "text_encoder", None)
+    layout = getattr(encoder, "layout", None)
+    if layout is None:
+        raise ConfigError(f"text_encoder: this {model_class} reads token sequences; set the run's text_encoder to "
+                          "kind transformers (its CLIP or T5 folders)")
+    if getattr(model.config, "addition_embed_type", None) is not None:
+        raise ConfigError(f"teacher: this {model_class} adds a {model.config.addition_embed_type!r} embedding "
+                          "(SDXL's micro-conditioning), which is not supported yet")
+    width = model.config.cross_attention_dim
+    if layout.dim != width:
+        raise ConfigError(f"text_encoder: its token states are {layout.dim} wide; this {model_class} attends to "
+                          f"{width}")
+    return layout, encoder.null
+
+
 @TEACHERS.register("diffusers", DiffusersTeacherOptions)
 def build_diffusers_teacher(options: DiffusersTeacherOptions, context) -> Denoiser:
     import diffusers
@@ -134,9 +182,10 @@ def build_diffusers_teacher(options: DiffusersTeacherOptions, context) -> Denois
         raise ConfigError(f"teacher.path: no {options.model_class} in {folder / (options.subfolder or '')} "
                           f"({str(error).splitlines()[0][:200]})") from None
     schedule, prediction = load_scheduler_schedule(folder, options.scheduler_subfolder)
-    blocks, classes = MODEL_CLASSES[options.model_class]
-    num_classes, null_class = classes(model)
+    reader = MODEL_CLASSES[options.model_class]
+    num_classes, null_class = reader.classes(model)
+    text, null_text = text_conditioning(model, options.model_class, context) if reader.reads_text else (None, None)
     config = model.config
     size = config.sample_size if isinstance(config.sample_size, int) else config.sample_size[0]
-    return Denoiser(DiffusersBackbone(model, blocks(model), null_class), schedule, prediction, options.sigma_data,
-                    (config.in_channels, size, size), num_classes)
+    backbone = DiffusersBackbone(model, reader.blocks(model), null_class, text, null_text)
+    return Denoiser(backbone, schedule, prediction, options.sigma_data, (config.in_channels, size, size), num_classes)

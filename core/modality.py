@@ -20,7 +20,8 @@ def noise_and_labels(n: int, sample_shape: tuple[int, ...], num_classes: int,
 
 def teacher_text_dim(teacher) -> int:
     """The width of the text embeddings a teacher's backbone takes (0: it takes none)."""
-    return getattr(getattr(getattr(teacher, "backbone", None), "options", None), "text_dim", 0) or 0
+    backbone = getattr(teacher, "backbone", None)
+    return getattr(backbone, "text_dim", 0) or getattr(getattr(backbone, "options", None), "text_dim", 0) or 0
 
 
 class Modality(ABC):

@@ -1,0 +1,105 @@
+"""Tiny diffusers and transformers models with random weights, saved with `save_pretrained` into temp folders
+(nothing downloads): a Stable-Diffusion-like pipeline folder on 8x8 grey images (an AutoencoderKL to 2x4x4
+latents, a UNet2DConditionModel attending to a CLIP text model's tokens, a DDPM scheduler), and the CLIP and T5
+encoders with their tokenizers that SD3-style text conditioning joins."""
+
+from __future__ import annotations
+
+import json
+import string
+from pathlib import Path
+
+import torch
+
+CHARACTERS = list(string.ascii_lowercase + string.digits)
+TOKENS = 32          # the tiny text models' context: a digit caption is 24 character tokens with its start and end
+WIDTH = 16           # the CLIP model's token width, which the UNet attends to
+
+
+def perturb(model: torch.nn.Module, scale: float = 0.02) -> torch.nn.Module:
+    """Random weights past diffusers' zero-initialised output layers, so every input matters."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(scale * torch.randn_like(parameter))
+    return model
+
+
+def clip_tokenizer(folder: Path):
+    """A CLIP BPE tokenizer whose vocabulary is single characters (no merges)."""
+    from transformers import CLIPTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for suffix in ("", "</w>"):
+        vocab |= {c + suffix: len(vocab) + i for i, c in enumerate(CHARACTERS)}
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=TOKENS)
+    tokenizer.save_pretrained(folder)
+    return tokenizer
+
+
+def t5_tokenizer(folder: Path):
+    """A fast word-level tokenizer over single characters, as T5's folders hold a tokenizer.json."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2} | {c: i + 3 for i, c in enumerate(CHARACTERS)}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    tokenizer.save_pretrained(folder)
+    return tokenizer
+
+
+def clip_text_model(width: int = WIDTH, projection: int | None = None, seed: int = 0):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    config = CLIPTextConfig(vocab_size=2 + 2 * len(CHARACTERS), hidden_size=width, intermediate_size=2 * width,
+                            num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=TOKENS,
+                            projection_dim=projection or width, bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    return CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config)
+
+
+def t5_text_model(width: int = 24):
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(2)
+    return T5EncoderModel(T5Config(vocab_size=3 + len(CHARACTERS), d_model=width, d_kv=8, d_ff=2 * width,
+                                   num_layers=1, num_heads=2))
+
+
+def tiny_unet(prediction_channels: int = 2):
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    return perturb(UNet2DConditionModel(
+        sample_size=4, in_channels=2, out_channels=prediction_channels, block_out_channels=(16, 32),
+        layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=WIDTH, attention_head_dim=4,
+        norm_num_groups=8))
+
+
+def tiny_vae():
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(3)
+    return AutoencoderKL(in_channels=1, out_channels=1, down_block_types=("DownEncoderBlock2D",) * 2,
+                         up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=2,
+                         norm_num_groups=8, sample_size=8, scaling_factor=0.7, shift_factor=0.1)
+
+
+def save_sd_like(folder: Path, prediction: str = "v_prediction") -> Path:
+    """A StableDiffusionPipeline folder (model_index.json and its parts) of tiny random models."""
+    from diffusers import DDPMScheduler, StableDiffusionPipeline
+
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", prediction_type=prediction,
+                              clip_sample=False, steps_offset=1)
+    pipeline = StableDiffusionPipeline(vae=tiny_vae(), text_encoder=clip_text_model(),
+                                       tokenizer=clip_tokenizer(folder / "tokenizer"), unet=tiny_unet(),
+                                       scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
+    pipeline.save_pretrained(folder)
+    return folder
