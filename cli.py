@@ -78,11 +78,21 @@ def _eval(args) -> None:
 
 
 def _export(args) -> None:
-    from potstill.export3d import ExportRequest, export_run
+    if args.diffusers is None and args.ply is None and args.turntable is None:
+        raise ValueError("export: give --diffusers (a diffusers teacher's student) or --ply and/or --turntable "
+                         "(a text-to-3D run's field)")
+    if args.diffusers is not None:
+        from potstill.core.diffusers_export import export_diffusers
+        from potstill.runs import open_run
 
-    request = ExportRequest(args.run, args.ply, args.turntable, args.frames, args.views, args.size, args.device)
-    for path in export_run(request):
-        print(f"wrote {path}")
+        record = export_diffusers(open_run(args.run, args.device), args.diffusers)
+        print(f"wrote {args.diffusers}: {json.dumps(record)}")
+    if args.ply is not None or args.turntable is not None:
+        from potstill.export3d import ExportRequest, export_run
+
+        request = ExportRequest(args.run, args.ply, args.turntable, args.frames, args.views, args.size, args.device)
+        for path in export_run(request):
+            print(f"wrote {path}")
 
 
 def _demo(args) -> None:
@@ -173,8 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_argument(p)
     p.set_defaults(func=_eval)
 
-    p = sub.add_parser("export", help="write a text-to-3D run's field as a PLY point cloud and/or a turntable")
+    p = sub.add_parser("export", help="write a diffusers teacher's student as a diffusers pipeline folder, or a "
+                       "text-to-3D run's field as a PLY point cloud and/or a turntable")
     p.add_argument("run", help="run directory or checkpoint folder")
+    p.add_argument("--diffusers", type=Path, default=None,
+                   help="OUT_DIR: the student (LoRA merged) in a copy of the teacher's pipeline, with an LCM scheduler")
     p.add_argument("--ply", type=Path, default=None, help="binary PLY of the surface points and their colours")
     p.add_argument("--turntable", type=Path, default=None, help="FILE.mp4 (PyAV) or FILE.png (a grid of views)")
     p.add_argument("--frames", type=positive, default=36, help="turntable views, evenly round the vertical axis")

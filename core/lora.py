@@ -66,3 +66,17 @@ def check_engine_shares(config, key: str) -> None:
     if engine is not None and engine.kind == "deepspeed" and getattr(engine.options, "zero_stage", 0) == 3:
         raise ConfigError(f"{key}: a LoRA copy shares the teacher's weights, which ZeRO-3 would partition twice; "
                           "use engine.zero_stage 2 or less")
+
+
+def merged(module: nn.Module) -> nn.Module:
+    """An independent copy of `module` with every LoRA adapter folded into its base weight (W + (alpha / r) B A)
+    and the adapter layers replaced by plain ones: what an export writes, with no peft left in it."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    plain = copy.deepcopy(module)
+    adapted = [(name, layer) for name, layer in plain.named_modules() if isinstance(layer, BaseTunerLayer)]
+    for name, layer in adapted:
+        layer.merge()
+        parent_name, _, child = name.rpartition(".")
+        setattr(plain.get_submodule(parent_name) if parent_name else plain, child, layer.get_base_layer())
+    return plain

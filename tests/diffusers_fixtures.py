@@ -82,13 +82,14 @@ def tiny_unet(prediction_channels: int = 2):
         norm_num_groups=8))
 
 
-def tiny_vae():
+def tiny_vae(shift_factor: float | None = None):
+    """StableDiffusionPipeline decodes with the scaling factor only, so the pipeline folder's VAE has no shift."""
     from diffusers import AutoencoderKL
 
     torch.manual_seed(3)
     return AutoencoderKL(in_channels=1, out_channels=1, down_block_types=("DownEncoderBlock2D",) * 2,
                          up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=2,
-                         norm_num_groups=8, sample_size=8, scaling_factor=0.7, shift_factor=0.1)
+                         norm_num_groups=8, sample_size=8, scaling_factor=0.7, shift_factor=shift_factor)
 
 
 def save_sd_like(folder: Path, prediction: str = "v_prediction") -> Path:

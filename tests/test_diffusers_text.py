@@ -16,6 +16,7 @@ from diffusers_fixtures import (
     save_sd_like,
     t5_text_model,
     t5_tokenizer,
+    tiny_vae,
 )
 from transformers import AutoTokenizer, CLIPTextModel
 
@@ -125,9 +126,10 @@ def test_text_unet_teacher_is_the_schedulers_prediction_and_guides_against_the_e
     assert teacher.num_classes == 0 and teacher.sample_shape == (2, 4, 4)
 
 
-def test_the_vae_codec_scales_as_the_pipelines_do(sd_folder):
-    codec = DiffusersVAECodec(DiffusersVAEOptions(path=str(sd_folder)))
-    vae = AutoencoderKL.from_pretrained(sd_folder, subfolder="vae")
+def test_the_vae_codec_scales_as_the_pipelines_do(tmp_path):
+    tiny_vae(shift_factor=0.1).save_pretrained(tmp_path / "vae")
+    codec = DiffusersVAECodec(DiffusersVAEOptions(path=str(tmp_path)))
+    vae = AutoencoderKL.from_pretrained(tmp_path, subfolder="vae")
     images = torch.rand(3, 1, 8, 8) * 2 - 1
     with torch.no_grad():
         latents = codec.encode(images)
