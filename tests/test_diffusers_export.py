@@ -83,6 +83,10 @@ def test_a_two_step_student_records_its_timesteps(exported, tmp_path):
     pipeline = StableDiffusionPipeline.from_pretrained(tmp_path / "out", local_files_only=True)
     pipeline.scheduler.set_timesteps(timesteps=record["timesteps"])
     assert pipeline.scheduler.timesteps.tolist() == [999, 499]
+    with torch.no_grad():       # the README's lines
+        images = pipeline(PROMPTS, num_inference_steps=len(record["timesteps"]), timesteps=record["timesteps"],
+                          guidance_scale=record["guidance_scale"], output_type="pt").images
+    assert images.shape == (2, 1, 8, 8) and images.isfinite().all()
 
 
 def test_an_unconditional_unet_student_exports_as_a_ddim_pipeline(tmp_path):
