@@ -20,6 +20,7 @@ from einops import rearrange
 from torch import nn
 
 from potstill.core.config import AT_LEAST_1, RULES, ConfigError, Rule
+from potstill.core.pretrained import load_pretrained
 from potstill.core.registry import TEXT_ENCODERS
 
 
@@ -71,12 +72,12 @@ def load_text_model(folder: Path, options: TextModelOptions, key: str) -> tuple[
     model_class = getattr(transformers, name, None)
     if model_class is None:
         raise ConfigError(f"{key}.model_class: transformers has no class {name!r}")
+    model = load_pretrained(model_class, folder, options.subfolder, key)
     try:
-        model = model_class.from_pretrained(where, local_files_only=True)
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder, subfolder=options.tokenizer_subfolder or "",
                                                                local_files_only=True)
     except (OSError, ValueError) as error:
-        raise ConfigError(f"{key}: cannot load {name} and its tokenizer from {folder} "
+        raise ConfigError(f"{key}.tokenizer_subfolder: no tokenizer in {folder / (options.tokenizer_subfolder or '')} "
                           f"({str(error).splitlines()[0][:200]})") from None
     if options.max_length is None and tokenizer.model_max_length > 100_000:
         raise ConfigError(f"{key}.max_length: the tokenizer in {folder / (options.tokenizer_subfolder or '')} sets no "

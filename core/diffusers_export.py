@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from potstill.core.diffusers_teacher import DiffusersBackbone, DiffusersTeacherOptions
+from potstill.core.diffusers_teacher import DiffusersBackbone, DiffusersTeacherOptions, locate_model
 from potstill.core.generator import DenoiserGenerator
 from potstill.core.lora import merged
 
@@ -60,15 +60,15 @@ def export_diffusers(distiller, out: Path) -> dict:
     generator, backbone, options = student_parts(distiller)
     model = merged(backbone.model).cpu().eval()
     scheduler = lcm_scheduler(options)
-    teacher_folder = Path(options.path).expanduser()
-    name = options.subfolder or "unet"
+    location = locate_model(options)
+    teacher_folder, name = location.folder, location.subfolder or "unet"
     out = Path(out)
     if (teacher_folder / "model_index.json").is_file():
         pipeline = diffusers.DiffusionPipeline.from_pretrained(teacher_folder, local_files_only=True,
                                                                **{name: model, "scheduler": scheduler})
         pipeline.save_pretrained(out)
         pipeline_class = type(pipeline).__name__
-    elif options.model_class == "UNet2DModel" and not model.config.num_class_embeds:
+    elif location.model_class == "UNet2DModel" and not model.config.num_class_embeds:
         diffusers.DDIMPipeline(unet=model, scheduler=scheduler).save_pretrained(out)
         pipeline_class = "DDIMPipeline"
     else:

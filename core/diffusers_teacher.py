@@ -8,6 +8,7 @@ adversary runs on it unchanged."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,10 +17,16 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from potstill.backbones.transformers_text import TextLayout
+from potstill.backbones.transformers_text import (
+    TextLayout,
+    TextModelOptions,
+    TransformersTextEncoder,
+    TransformersTextOptions,
+)
 from potstill.core.config import ConfigError
 from potstill.core.denoiser import Denoiser
 from potstill.core.discrete_schedule import DiscreteVPSchedule
+from potstill.core.pretrained import load_pretrained
 from potstill.core.registry import TEACHERS
 
 PREDICTIONS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
@@ -67,13 +74,14 @@ MODEL_CLASSES = {"UNet2DModel": ModelReader(unet_blocks, unet_classes),
 @dataclass
 class DiffusersTeacherOptions:
     """`path`: a local diffusers folder (a pipeline's, or a model's own); `subfolder`: the model's folder in it
-    (null: the folder itself); `model_class`: the diffusers class that reads it (MODEL_CLASSES);
+    (null: `unet/` or `transformer/` when there, else the folder itself); `model_class`: the diffusers class that
+    reads it (MODEL_CLASSES; null: the `_class_name` its config.json names);
     `scheduler_subfolder`: where the scheduler config lies (a DDPM-family scheduler: DDPM, DDIM, Euler, ...);
     `sigma_data`: the data's std, for the objectives that read it."""
 
     path: str = ""
-    subfolder: str | None = "unet"
-    model_class: str = "UNet2DModel"
+    subfolder: str | None = None
+    model_class: str | None = None
     scheduler_subfolder: str = "scheduler"
     sigma_data: float = 0.5
 
@@ -148,9 +156,56 @@ def load_scheduler_schedule(folder: Path, subfolder: str) -> tuple[DiscreteVPSch
     return DiscreteVPSchedule(scheduler.alphas_cumprod), PREDICTIONS[prediction]
 
 
-def text_conditioning(model: nn.Module, model_class: str, context) -> tuple[TextLayout, torch.Tensor]:
-    """The run's token-sequence text encoder's layout and null condition, checked against the model's width."""
+@dataclass(frozen=True)
+class ModelLocation:
+    """Where a teacher's model lies and which diffusers class reads it, with the defaults resolved."""
+
+    folder: Path
+    subfolder: str | None
+    model_class: str
+
+
+def locate_model(options: DiffusersTeacherOptions) -> ModelLocation:
+    """The folder, subfolder and class of the options, null ones found from the folder (errors name the key)."""
+    folder = Path(options.path).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"teacher.path: {folder} is not a folder")
+    subfolder = options.subfolder
+    if subfolder is None:
+        subfolder = next((name for name in ("unet", "transformer") if (folder / name / "config.json").is_file()), None)
+    model_class = options.model_class
+    if model_class is None:
+        config = folder / (subfolder or "") / "config.json"
+        if not config.is_file():
+            raise ConfigError(f"teacher.path: no model config.json in {config.parent} (nor unet/ or transformer/); "
+                              "set teacher.subfolder")
+        model_class = json.loads(config.read_text()).get("_class_name")
+        if model_class is None:
+            raise ConfigError(f"teacher.model_class: {config} names no _class_name; set the diffusers class")
+    if model_class not in MODEL_CLASSES:
+        raise ConfigError(f"teacher.model_class: {model_class!r} is not supported yet; valid: "
+                          f"{', '.join(MODEL_CLASSES)}")
+    return ModelLocation(folder, subfolder, model_class)
+
+
+def pipeline_text_encoder(folder: Path) -> TransformersTextEncoder:
+    """The text encoders a pipeline folder holds (text_encoder/, text_encoder_2/, ... with their tokenizers)."""
+    names = [name for name in ("text_encoder", "text_encoder_2", "text_encoder_3")
+             if (folder / name / "config.json").is_file()]
+    if not names:
+        raise ConfigError(f"text_encoder: the teacher reads token sequences and {folder} holds no text_encoder/; "
+                          "set the run's text_encoder to kind transformers (its CLIP or T5 folders)")
+    encoders = [TextModelOptions(name, name.replace("text_encoder", "tokenizer")) for name in names]
+    return TransformersTextEncoder(TransformersTextOptions(str(folder), encoders))
+
+
+def text_conditioning(model: nn.Module, location: ModelLocation, context) -> tuple[TextLayout, torch.Tensor]:
+    """The run's token-sequence text encoder's layout and null condition, checked against the model's width. With
+    no text_encoder section, the encoders in the teacher's own folder, which then become the run's."""
+    model_class = location.model_class
     encoder = getattr(context, "text_encoder", None)
+    if encoder is None:
+        encoder = context.text_encoder = pipeline_text_encoder(location.folder)
     layout = getattr(encoder, "layout", None)
     if layout is None:
         raise ConfigError(f"text_encoder: this {model_class} reads token sequences; set the run's text_encoder to "
@@ -167,25 +222,21 @@ def text_conditioning(model: nn.Module, model_class: str, context) -> tuple[Text
 
 @TEACHERS.register("diffusers", DiffusersTeacherOptions)
 def build_diffusers_teacher(options: DiffusersTeacherOptions, context) -> Denoiser:
+    """The teacher; a folder with a vae/ records it as the codec (`codec: null` then decodes through it)."""
     import diffusers
 
-    folder = Path(options.path).expanduser()
-    if not folder.is_dir():
-        raise FileNotFoundError(f"teacher.path: {folder} is not a folder")
-    if options.model_class not in MODEL_CLASSES:
-        raise ConfigError(f"teacher.model_class: {options.model_class!r} is not supported yet; valid: "
-                          f"{', '.join(MODEL_CLASSES)}")
-    try:
-        model = getattr(diffusers, options.model_class).from_pretrained(folder, subfolder=options.subfolder,
-                                                                        local_files_only=True)
-    except (OSError, ValueError) as error:
-        raise ConfigError(f"teacher.path: no {options.model_class} in {folder / (options.subfolder or '')} "
-                          f"({str(error).splitlines()[0][:200]})") from None
+    location = locate_model(options)
+    folder = location.folder
+    model = load_pretrained(getattr(diffusers, location.model_class), folder, location.subfolder, "teacher.path")
     schedule, prediction = load_scheduler_schedule(folder, options.scheduler_subfolder)
-    reader = MODEL_CLASSES[options.model_class]
+    reader = MODEL_CLASSES[location.model_class]
     num_classes, null_class = reader.classes(model)
-    text, null_text = text_conditioning(model, options.model_class, context) if reader.reads_text else (None, None)
+    text, null_text = text_conditioning(model, location, context) if reader.reads_text else (None, None)
     config = model.config
     size = config.sample_size if isinstance(config.sample_size, int) else config.sample_size[0]
     backbone = DiffusersBackbone(model, reader.blocks(model), null_class, text, null_text)
-    return Denoiser(backbone, schedule, prediction, options.sigma_data, (config.in_channels, size, size), num_classes)
+    teacher = Denoiser(backbone, schedule, prediction, options.sigma_data, (config.in_channels, size, size),
+                       num_classes)
+    if (folder / "vae" / "config.json").is_file():
+        teacher.metadata = {"codec": {"kind": "diffusers_vae", "path": str(folder)}}
+    return teacher

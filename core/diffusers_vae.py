@@ -11,6 +11,7 @@ import torch
 
 from potstill.core.codec import Codec
 from potstill.core.config import ConfigError
+from potstill.core.pretrained import load_pretrained
 from potstill.core.registry import CODECS
 
 
@@ -39,11 +40,7 @@ class DiffusersVAECodec(Codec):
         model_class = getattr(diffusers, options.model_class, None)
         if model_class is None:
             raise ConfigError(f"codec.model_class: diffusers has no class {options.model_class!r}")
-        try:
-            self.vae = model_class.from_pretrained(folder, subfolder=options.subfolder, local_files_only=True)
-        except (OSError, ValueError) as error:
-            raise ConfigError(f"codec.path: no {options.model_class} in {folder / (options.subfolder or '')} "
-                              f"({str(error).splitlines()[0][:200]})") from None
+        self.vae = load_pretrained(model_class, folder, options.subfolder, "codec.path")
         config = self.vae.config
         self.options = options
         self.scaling = float(config.scaling_factor)

@@ -117,8 +117,8 @@ class Distiller(StepLoop):
         context = BuildContext(config, self.engine)
         context.text_encoder = (_build(reg.TEXT_ENCODERS, config.text_encoder, context, "text_encoder.kind")
                                 if config.text_encoder is not None else None)
-        self.text_encoder = context.text_encoder
         context.teacher = _build(reg.TEACHERS, config.teacher, context, "teacher.kind")
+        self.text_encoder = context.text_encoder     # a teacher may bring its own (a diffusers pipeline folder's)
         self.teacher = context.teacher.requires_grad_(False).eval()
         context.codec = build_codec(config.codec, context, self.teacher)
         self.codec = context.codec.to(self.engine.device) if context.codec is not None else None

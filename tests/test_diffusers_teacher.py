@@ -110,8 +110,11 @@ def test_bad_folders_and_classes_are_named(tmp_path):
         entry.builder(entry.options(path=str(tmp_path / "none")), None)
     with pytest.raises(ConfigError, match=r"teacher\.model_class: 'Flux' is not supported yet"):
         entry.builder(entry.options(path=str(unet_folder), model_class="Flux"), None)
-    with pytest.raises(ConfigError, match=r"teacher\.path: no UNet2DModel in"):
+    with pytest.raises(ConfigError, match=r"teacher\.path: no model config.json in .* set teacher\.subfolder"):
         entry.builder(entry.options(path=str(tmp_path)), None)
+    with pytest.raises(ConfigError, match=r"teacher\.path: .*unet does not hold a whole DiTTransformer2DModel "
+                                          r"\(missing keys: .*unexpected keys: .*right folder and class"):
+        entry.builder(entry.options(path=str(unet_folder), model_class="DiTTransformer2DModel"), None)
     with pytest.raises(ValueError, match=r"guidance: this diffusers UNet2DModel has no null class"):
         build_teacher(unet_folder, "UNet2DModel").x0(torch.zeros(1, 1, 8, 8), torch.full((1,), 0.5),
                                                      torch.tensor([1]), guidance=2.0)

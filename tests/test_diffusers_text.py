@@ -5,6 +5,8 @@ teacher's x0 is the scheduler's own prediction at the CLIP tokens and guides aga
 codec scales as the diffusers pipelines do; DMD2 and SiD train LoRA adapters in latent space against real digits
 encoded on the fly; bad settings are named."""
 
+import shutil
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -177,9 +179,37 @@ def test_lora_students_distil_in_latent_space_against_encoded_real_digits(object
         assert run.modality.decode(run.generator.sample(noise, cond)).shape == (3, 1, 8, 8)
 
 
+def path_alone(folder):
+    return load_config(data={
+        "modality": {"kind": "image", "classifier": None, "prompts": PROMPTS},
+        "teacher": {"kind": "diffusers", "path": str(folder)},
+        "generator": {"kind": "denoiser", "times": [1.0], "lora": LORA},
+        "fake_score": {"kind": "teacher_copy", "lora": LORA},
+        "objective": "dmd2",
+        "train": {"steps": 1, "batch_size": 2, "progress": False},
+    })
+
+
+def test_a_pipeline_folder_runs_from_its_path_alone(sd_folder, tmp_path):
+    """Model class, subfolder, text encoder and VAE codec all come from the folder."""
+    run = Distiller(path_alone(sd_folder))
+    assert isinstance(run.text_encoder, TransformersTextEncoder) and isinstance(run.codec, DiffusersVAECodec)
+    torch.testing.assert_close(run.text_encoder.encode(PROMPTS),
+                               TransformersTextEncoder(TransformersTextOptions(str(sd_folder))).encode(PROMPTS))
+    run.train()
+    noise, cond = run.draw_inputs(2, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert run.modality.decode(run.generator.sample(noise, cond)).shape == (2, 1, 8, 8)
+    for part in ("unet", "scheduler"):
+        shutil.copytree(sd_folder / part, tmp_path / part)
+    with pytest.raises(ConfigError, match=r"text_encoder: the teacher reads token sequences and .* holds no "
+                                          "text_encoder/"):
+        Distiller(path_alone(tmp_path))
+
+
 def test_bad_text_settings_are_named(sd_folder, sd3_text_folder):
     with pytest.raises(ConfigError, match="text_encoder: this UNet2DConditionModel reads token sequences"):
-        build_text_teacher(sd_folder, None)
+        build_text_teacher(sd_folder, object())
     with pytest.raises(ConfigError, match="text_encoder: its token states are 32 wide; this UNet2DConditionModel "
                                           "attends to 16"):
         build_text_teacher(sd_folder, sd3_encoder(sd3_text_folder))
