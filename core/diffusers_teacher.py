@@ -28,6 +28,7 @@ from potstill.core.denoiser import Denoiser
 from potstill.core.discrete_schedule import DiscreteVPSchedule
 from potstill.core.pretrained import load_pretrained
 from potstill.core.registry import TEACHERS
+from potstill.core.schedules import FlowOptions, FlowSchedule, Schedule
 
 PREDICTIONS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
 
@@ -57,18 +58,46 @@ def no_classes(model: nn.Module) -> tuple[int, int | None]:
     return 0, None
 
 
+def cross_attention_inputs(states: torch.Tensor, pooled: torch.Tensor | None) -> dict:
+    return {"encoder_hidden_states": states}
+
+
+def sd3_inputs(states: torch.Tensor, pooled: torch.Tensor | None) -> dict:
+    """SD3's joint attention reads the token states and its adaLN the pooled vector."""
+    return {"encoder_hidden_states": states, "pooled_projections": pooled}
+
+
+def pixart_inputs(states: torch.Tensor, pooled: torch.Tensor | None) -> dict:
+    """PixArt's micro-conditions (resolution, aspect ratio) are off below its 1024-pixel models."""
+    return {"encoder_hidden_states": states, "added_cond_kwargs": {"resolution": None, "aspect_ratio": None}}
+
+
 @dataclass(frozen=True)
 class ModelReader:
-    """How potstill reads one diffusers model class: its feature blocks, its classes, and whether it reads text."""
+    """How potstill reads one diffusers model class: its feature blocks and which output of a block is the image
+    stream (SD3's joint blocks return the text stream first), its classes, and for a text model the arguments its
+    conditions become, the config key of the token width it attends to and that of the pooled width it takes."""
 
     blocks: Callable[[nn.Module], list[nn.Module]]
     classes: Callable[[nn.Module], tuple[int, int | None]]
-    reads_text: bool = False
+    text_inputs: Callable[[torch.Tensor, torch.Tensor | None], dict] | None = None
+    text_width_key: str = ""
+    pooled_width_key: str = ""
+    image_stream: int = 0
+
+    def block_output(self, output) -> torch.Tensor:
+        """A block's image hidden states (a UNet's down blocks also return their skip tensors)."""
+        return output[self.image_stream] if isinstance(output, tuple) else output
 
 
-MODEL_CLASSES = {"UNet2DModel": ModelReader(unet_blocks, unet_classes),
-                 "UNet2DConditionModel": ModelReader(unet_blocks, no_classes, reads_text=True),
-                 "DiTTransformer2DModel": ModelReader(transformer_blocks, dit_classes)}
+MODEL_CLASSES = {
+    "UNet2DModel": ModelReader(unet_blocks, unet_classes),
+    "UNet2DConditionModel": ModelReader(unet_blocks, no_classes, cross_attention_inputs, "cross_attention_dim"),
+    "DiTTransformer2DModel": ModelReader(transformer_blocks, dit_classes),
+    "PixArtTransformer2DModel": ModelReader(transformer_blocks, no_classes, pixart_inputs, "caption_channels"),
+    "SD3Transformer2DModel": ModelReader(transformer_blocks, no_classes, sd3_inputs, "joint_attention_dim",
+                                         "pooled_projection_dim", image_stream=1),
+}
 
 
 @dataclass
@@ -86,11 +115,6 @@ class DiffusersTeacherOptions:
     sigma_data: float = 0.5
 
 
-def block_output(output) -> torch.Tensor:
-    """A diffusers block's hidden states (a UNet's down blocks also return their skip tensors)."""
-    return output[0] if isinstance(output, tuple) else output
-
-
 class DiffusersBackbone(nn.Module):
     """`backbone(x, c_noise, cond, features)` for a diffusers model: c_noise is the scheduler's timestep, `cond`
     class labels when the model embeds classes, packed text conditions (backbones/transformers_text.py) when it
@@ -99,10 +123,11 @@ class DiffusersBackbone(nn.Module):
     model never runs in training mode: a student copy conditions on every label (no label dropout) and has no dropout
     of its own."""
 
-    def __init__(self, model: nn.Module, blocks: list[nn.Module], null_class: int | None,
+    def __init__(self, model: nn.Module, reader: ModelReader, null_class: int | None,
                  text: TextLayout | None = None, null_text: torch.Tensor | None = None) -> None:
         super().__init__()
-        self.model, self.blocks, self.null_class, self.text = model, blocks, null_class, text
+        self.model, self.reader, self.null_class, self.text = model, reader, null_class, text
+        self.blocks = reader.blocks(model)
         self.text_dim = text.dim if text is not None else 0
         self.register_buffer("null_text", null_text, persistent=False)
 
@@ -122,15 +147,16 @@ class DiffusersBackbone(nn.Module):
     def condition_arguments(self, cond) -> dict:
         if self.text is None:
             return {"class_labels": cond}
-        states, _ = self.text.split(cond)
-        return {"encoder_hidden_states": states}
+        return self.reader.text_inputs(*self.text.split(cond))
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond=None, features: list[int] | None = None):
         captured: list[torch.Tensor] = []
-        hooks = ([block.register_forward_hook(lambda module, args, output: captured.append(block_output(output)))
+        keep = self.reader.block_output
+        hooks = ([block.register_forward_hook(lambda module, args, output: captured.append(keep(output)))
                   for block in self.blocks] if features is not None else [])
         try:
-            out = self.model(x, c_noise, **self.condition_arguments(cond), return_dict=False)[0][:, : x.shape[1]]
+            out = self.model(x, timestep=c_noise, **self.condition_arguments(cond), return_dict=False)[0]
+            out = out[:, : x.shape[1]]
         finally:
             for hook in hooks:
                 hook.remove()
@@ -140,15 +166,38 @@ class DiffusersBackbone(nn.Module):
         return out, [rearrange(f, "b c h w -> b h w c") if f.ndim == 4 else f for f in chosen]
 
 
-def load_scheduler_schedule(folder: Path, subfolder: str) -> tuple[DiscreteVPSchedule, str]:
-    """The schedule and prediction type of a DDPM-family scheduler config."""
+def read_scheduler_config(folder: Path, subfolder: str) -> dict:
+    path = folder / subfolder / "scheduler_config.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"teacher.scheduler_subfolder: no readable scheduler config at {path} "
+                          f"({str(error).splitlines()[0][:200]})") from None
+
+
+def flow_matching_schedule(config: dict) -> FlowSchedule:
+    """FlowMatchEulerDiscreteScheduler's law: x_t = (1 - t) x0 + t eps with t its sigma and the model fed 1000 t
+    (num_train_timesteps t); its training sigmas run from shift(1 / N) to 1 under the static shift
+    t' = s t / (1 + (s - 1) t), which potstill's flow schedule applies to its sampling positions."""
+    if config.get("use_dynamic_shifting"):
+        raise ConfigError("teacher: the scheduler shifts its times by image size (use_dynamic_shifting, Flux and "
+                          "SD3.5), which is not supported yet; a static `shift` is")
+    steps = config.get("num_train_timesteps", 1000)
+    if steps != 1000:
+        raise ConfigError(f"teacher: the flow-matching scheduler has {steps} training timesteps; the flow schedule "
+                          "feeds the model 1000 t")
+    return FlowSchedule(FlowOptions(shift=float(config.get("shift", 1.0)), t_min=1 / steps))
+
+
+def load_scheduler_schedule(folder: Path, subfolder: str) -> tuple[Schedule, str]:
+    """The schedule and prediction type of a scheduler config: a flow-matching one (flow prediction), or a
+    DDPM-family one (DDPM, DDIM, Euler, PNDM, DPM-Solver, ...) by its beta table and prediction type."""
     from diffusers import DDPMScheduler
 
-    try:
-        scheduler = DDPMScheduler.from_pretrained(folder, subfolder=subfolder, local_files_only=True)
-    except (OSError, ValueError) as error:
-        raise ConfigError(f"teacher.scheduler_subfolder: no readable scheduler config in {folder / subfolder} "
-                          f"({str(error).splitlines()[0][:200]})") from None
+    config = read_scheduler_config(folder, subfolder)
+    if config.get("_class_name", "").startswith("FlowMatch"):
+        return flow_matching_schedule(config), "flow"
+    scheduler = DDPMScheduler.from_config(config)
     prediction = scheduler.config.prediction_type
     if prediction not in PREDICTIONS:
         raise ConfigError(f"teacher: the scheduler's prediction_type {prediction!r} is not one of "
@@ -199,7 +248,8 @@ def pipeline_text_encoder(folder: Path) -> TransformersTextEncoder:
     return TransformersTextEncoder(TransformersTextOptions(str(folder), encoders))
 
 
-def text_conditioning(model: nn.Module, location: ModelLocation, context) -> tuple[TextLayout, torch.Tensor]:
+def text_conditioning(model: nn.Module, location: ModelLocation, reader: ModelReader, context
+                      ) -> tuple[TextLayout, torch.Tensor]:
     """The run's token-sequence text encoder's layout and null condition, checked against the model's width. With
     no text_encoder section, the encoders in the teacher's own folder, which then become the run's."""
     model_class = location.model_class
@@ -213,10 +263,14 @@ def text_conditioning(model: nn.Module, location: ModelLocation, context) -> tup
     if getattr(model.config, "addition_embed_type", None) is not None:
         raise ConfigError(f"teacher: this {model_class} adds a {model.config.addition_embed_type!r} embedding "
                           "(SDXL's micro-conditioning), which is not supported yet")
-    width = model.config.cross_attention_dim
+    width = getattr(model.config, reader.text_width_key)
     if layout.dim != width:
         raise ConfigError(f"text_encoder: its token states are {layout.dim} wide; this {model_class} attends to "
                           f"{width}")
+    pooled = getattr(model.config, reader.pooled_width_key) if reader.pooled_width_key else 0
+    if layout.pooled_dim != pooled:
+        raise ConfigError(f"text_encoder: its pooled vectors are {layout.pooled_dim} wide; this {model_class} takes "
+                          f"{pooled} (SD3: the two CLIPs' projected embeddings; others: none, pooled false)")
     return layout, encoder.null
 
 
@@ -231,10 +285,11 @@ def build_diffusers_teacher(options: DiffusersTeacherOptions, context) -> Denois
     schedule, prediction = load_scheduler_schedule(folder, options.scheduler_subfolder)
     reader = MODEL_CLASSES[location.model_class]
     num_classes, null_class = reader.classes(model)
-    text, null_text = text_conditioning(model, location, context) if reader.reads_text else (None, None)
+    text, null_text = (text_conditioning(model, location, reader, context) if reader.text_inputs is not None
+                       else (None, None))
     config = model.config
     size = config.sample_size if isinstance(config.sample_size, int) else config.sample_size[0]
-    backbone = DiffusersBackbone(model, reader.blocks(model), null_class, text, null_text)
+    backbone = DiffusersBackbone(model, reader, null_class, text, null_text)
     teacher = Denoiser(backbone, schedule, prediction, options.sigma_data, (config.in_channels, size, size),
                        num_classes)
     if (folder / "vae" / "config.json").is_file():

@@ -48,7 +48,8 @@ def t5_tokenizer(folder: Path):
     vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2} | {c: i + 3 for i, c in enumerate(CHARACTERS)}
     core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.Split("", "isolated")
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                                        model_max_length=12)
     tokenizer.save_pretrained(folder)
     return tokenizer
 
@@ -103,4 +104,45 @@ def save_sd_like(folder: Path, prediction: str = "v_prediction") -> Path:
                                        scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                        requires_safety_checker=False)
     pipeline.save_pretrained(folder)
+    return folder
+
+
+def save_sd3_text_encoders(folder: Path) -> Path:
+    """Two CLIPs with projections (widths 16 and 8, projections 12 and 10) and a T5 (width 32), as SD3 holds them."""
+    clip_text_model(16, projection=12, seed=0).save_pretrained(folder / "text_encoder")
+    clip_text_model(8, projection=10, seed=1).save_pretrained(folder / "text_encoder_2")
+    t5_text_model(32).save_pretrained(folder / "text_encoder_3")
+    clip_tokenizer(folder / "tokenizer")
+    clip_tokenizer(folder / "tokenizer_2")
+    t5_tokenizer(folder / "tokenizer_3")
+    return folder
+
+
+def save_sd3_like(folder: Path, shift: float = 3.0) -> Path:
+    """An SD3 folder's denoising parts: a joint-attention transformer on 2x4x4 latents reading 32-wide tokens and a
+    22-wide pooled vector, and a flow-matching scheduler with a static shift."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+
+    torch.manual_seed(0)
+    perturb(SD3Transformer2DModel(sample_size=4, patch_size=2, in_channels=2, num_layers=2, attention_head_dim=8,
+                                  num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=16,
+                                  pooled_projection_dim=22, out_channels=2, pos_embed_max_size=8)
+            ).save_pretrained(folder / "transformer")
+    FlowMatchEulerDiscreteScheduler(shift=shift).save_pretrained(folder / "scheduler")
+    return save_sd3_text_encoders(folder)
+
+
+def save_pixart_like(folder: Path) -> Path:
+    """A PixArt folder's parts: a transformer with learned variance on 2x4x4 latents attending to a T5's 24-wide
+    tokens, and a DDPM-family scheduler (epsilon)."""
+    from diffusers import DPMSolverMultistepScheduler, PixArtTransformer2DModel
+
+    torch.manual_seed(0)
+    perturb(PixArtTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=2, out_channels=4,
+                                     num_layers=2, cross_attention_dim=16, sample_size=4, patch_size=2,
+                                     caption_channels=24)).save_pretrained(folder / "transformer")
+    DPMSolverMultistepScheduler(beta_schedule="linear", beta_start=0.0001, beta_end=0.02,
+                                prediction_type="epsilon").save_pretrained(folder / "scheduler")
+    t5_text_model(24).save_pretrained(folder / "text_encoder")
+    t5_tokenizer(folder / "tokenizer")
     return folder

@@ -11,15 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-from diffusers_fixtures import (
-    TOKENS,
-    clip_text_model,
-    clip_tokenizer,
-    save_sd_like,
-    t5_text_model,
-    t5_tokenizer,
-    tiny_vae,
-)
+from diffusers_fixtures import TOKENS, save_sd3_text_encoders, save_sd_like, tiny_vae
 from transformers import AutoTokenizer, CLIPTextModel
 
 from potstill.backbones.transformers_text import TextModelOptions, TransformersTextEncoder, TransformersTextOptions
@@ -40,14 +32,7 @@ def sd_folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def sd3_text_folder(tmp_path_factory):
     """Two CLIPs with projections (widths 16 and 8) and a T5 (width 32), as SD3's pipeline folder holds them."""
-    folder = tmp_path_factory.mktemp("sd3_text")
-    clip_text_model(16, projection=12, seed=0).save_pretrained(folder / "text_encoder")
-    clip_text_model(8, projection=10, seed=1).save_pretrained(folder / "text_encoder_2")
-    t5_text_model(32).save_pretrained(folder / "text_encoder_3")
-    clip_tokenizer(folder / "tokenizer")
-    clip_tokenizer(folder / "tokenizer_2")
-    t5_tokenizer(folder / "tokenizer_3")
-    return folder
+    return save_sd3_text_encoders(tmp_path_factory.mktemp("sd3_text"))
 
 
 def sd3_encoder(folder, null: str = "empty_prompt") -> TransformersTextEncoder:
