@@ -3,8 +3,11 @@ diffusers' own pipeline classes load. The EMA student's model (LoRA adapters mer
 teacher's in a copy of the teacher's pipeline (its VAE, text encoders and tokenizers come along), with an
 LCMScheduler on the teacher's beta table: LCM's step predicts x0 and re-noises it with fresh noise to the next
 timestep, which is the student's own ping-pong sampler, and `timestep_scaling` is set so high that LCM's boundary
-condition is the identity. `potstill_student.json` records the timesteps, the guidance scale and the first noise
-scale to give the pipeline (its latents are unit noise; the student's are sigma(t_0) times that)."""
+condition is the identity. A flow-matching teacher's student gets FlowMatchEulerDiscreteScheduler with
+`stochastic_sampling` (x0, then fresh noise at the next sigma: the same sampler) and shift 1, so the sigmas given to
+the pipeline are the student's times as they are. `potstill_student.json` records the timesteps (or sigmas), the
+guidance scale and the first noise scale to give the pipeline (its latents are unit noise; a VP student's are
+sigma(t_0) times that)."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import torch
 from potstill.core.diffusers_teacher import DiffusersBackbone, DiffusersTeacherOptions, locate_model
 from potstill.core.generator import DenoiserGenerator
 from potstill.core.lora import merged
+from potstill.core.schedules import FlowSchedule
 
 TIMESTEP_SCALING = 1e6      # LCM's c_skip = 0.25 / ((t * scaling)^2 + 0.25) is 0 and c_out is 1 in float32
 
@@ -43,13 +47,22 @@ def student_parts(distiller) -> tuple[DenoiserGenerator, DiffusersBackbone, Diff
     return generator, backbone, distiller.config.teacher.options
 
 
-def lcm_scheduler(options: DiffusersTeacherOptions):
-    from diffusers import LCMScheduler
+def student_scheduler(options: DiffusersTeacherOptions, generator: DenoiserGenerator):
+    """The scheduler whose step is the student's, and the record of the steps to give it."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, LCMScheduler
 
     folder = Path(options.path).expanduser()
-    return LCMScheduler.from_pretrained(folder, subfolder=options.scheduler_subfolder, local_files_only=True,
-                                        timestep_scaling=TIMESTEP_SCALING, clip_sample=False, thresholding=False,
-                                        set_alpha_to_one=True, timestep_spacing="trailing")
+    times = generator.times
+    if isinstance(generator.denoiser.schedule, FlowSchedule):
+        scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(
+            folder, subfolder=options.scheduler_subfolder, local_files_only=True, shift=1.0, stochastic_sampling=True)
+        return scheduler, {"sigmas": [round(t, 6) for t in times.tolist()], "first_noise_scale": 1.0}
+    scheduler = LCMScheduler.from_pretrained(folder, subfolder=options.scheduler_subfolder, local_files_only=True,
+                                             timestep_scaling=TIMESTEP_SCALING, clip_sample=False, thresholding=False,
+                                             set_alpha_to_one=True, timestep_spacing="trailing")
+    first = float(generator.denoiser.schedule.sigma(times[:1].double()).item())
+    return scheduler, {"timesteps": student_timesteps(generator, scheduler.config.num_train_timesteps),
+                       "first_noise_scale": first}
 
 
 @torch.no_grad()
@@ -59,7 +72,7 @@ def export_diffusers(distiller, out: Path) -> dict:
 
     generator, backbone, options = student_parts(distiller)
     model = merged(backbone.model).cpu().eval()
-    scheduler = lcm_scheduler(options)
+    scheduler, steps = student_scheduler(options, generator)
     location = locate_model(options)
     teacher_folder, name = location.folder, location.subfolder or "unet"
     out = Path(out)
@@ -75,12 +88,6 @@ def export_diffusers(distiller, out: Path) -> dict:
         model.save_pretrained(out / name)
         scheduler.save_pretrained(out / "scheduler")
         pipeline_class = None
-    record = {
-        "pipeline_class": pipeline_class,
-        "timesteps": student_timesteps(generator, scheduler.config.num_train_timesteps),
-        "guidance_scale": float(generator.guidance),
-        "first_noise_scale": float(generator.denoiser.schedule.sigma(generator.times[:1].double()).item()),
-        "model": name,
-    }
+    record = {"pipeline_class": pipeline_class, **steps, "guidance_scale": float(generator.guidance), "model": name}
     (out / "potstill_student.json").write_text(json.dumps(record, indent=2) + "\n")
     return record

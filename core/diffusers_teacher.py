@@ -237,14 +237,30 @@ def locate_model(options: DiffusersTeacherOptions) -> ModelLocation:
     return ModelLocation(folder, subfolder, model_class)
 
 
+PIPELINE_TEXT_RULES = {          # pipeline class prefix: (the CLIP layer it reads, the T5 tokens it pads to)
+    "StableDiffusion3": (-2, 256),
+    "StableDiffusionXL": (-2, None),
+}
+
+
 def pipeline_text_encoder(folder: Path) -> TransformersTextEncoder:
-    """The text encoders a pipeline folder holds (text_encoder/, text_encoder_2/, ... with their tokenizers)."""
+    """The text encoders a pipeline folder holds (text_encoder/, text_encoder_2/, ... with their tokenizers), read as
+    its pipeline class reads them: SD3 and SDXL take CLIP's penultimate layer, SD3 pads T5 to 256 tokens."""
     names = [name for name in ("text_encoder", "text_encoder_2", "text_encoder_3")
              if (folder / name / "config.json").is_file()]
     if not names:
         raise ConfigError(f"text_encoder: the teacher reads token sequences and {folder} holds no text_encoder/; "
                           "set the run's text_encoder to kind transformers (its CLIP or T5 folders)")
-    encoders = [TextModelOptions(name, name.replace("text_encoder", "tokenizer")) for name in names]
+    index = folder / "model_index.json"
+    pipeline = json.loads(index.read_text()).get("_class_name", "") if index.is_file() else ""
+    clip_layer, t5_length = next((rule for prefix, rule in PIPELINE_TEXT_RULES.items() if pipeline.startswith(prefix)),
+                                 (None, None))
+    encoders = []
+    for name in names:
+        model_type = json.loads((folder / name / "config.json").read_text()).get("model_type", "")
+        encoders.append(TextModelOptions(name, name.replace("text_encoder", "tokenizer"),
+                                         hidden_layer=clip_layer if model_type.startswith("clip") else None,
+                                         max_length=t5_length if model_type == "t5" else None))
     return TransformersTextEncoder(TransformersTextOptions(str(folder), encoders))
 
 

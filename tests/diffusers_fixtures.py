@@ -146,3 +146,23 @@ def save_pixart_like(folder: Path) -> Path:
     t5_text_model(24).save_pretrained(folder / "text_encoder")
     t5_tokenizer(folder / "tokenizer")
     return folder
+
+
+def save_sd3_pipeline(folder: Path) -> Path:
+    """A StableDiffusion3Pipeline folder (model_index.json) of the SD3-like parts and a VAE with a shift factor."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import AutoTokenizer, CLIPTextModelWithProjection, T5EncoderModel
+
+    parts = save_sd3_like(folder / "parts")
+    StableDiffusion3Pipeline(
+        transformer=SD3Transformer2DModel.from_pretrained(parts, subfolder="transformer"),
+        scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(parts, subfolder="scheduler"),
+        vae=tiny_vae(shift_factor=0.1),
+        text_encoder=CLIPTextModelWithProjection.from_pretrained(parts, subfolder="text_encoder"),
+        tokenizer=AutoTokenizer.from_pretrained(parts, subfolder="tokenizer"),
+        text_encoder_2=CLIPTextModelWithProjection.from_pretrained(parts, subfolder="text_encoder_2"),
+        tokenizer_2=AutoTokenizer.from_pretrained(parts, subfolder="tokenizer_2"),
+        text_encoder_3=T5EncoderModel.from_pretrained(parts, subfolder="text_encoder_3"),
+        tokenizer_3=AutoTokenizer.from_pretrained(parts, subfolder="tokenizer_3"),
+    ).save_pretrained(folder / "pipeline")
+    return folder / "pipeline"

@@ -1,15 +1,24 @@
 """`potstill export RUN --diffusers OUT_DIR` (core/diffusers_export.py) on tiny random models: a LoRA student of a
 Stable-Diffusion-like teacher exports as a StableDiffusionPipeline folder whose UNet is the adapted one with the
 adapters merged (no peft left), and that pipeline's one-step sample is the student's own; an unconditional UNet
-student exports as a DDIMPipeline that samples as the student does; what cannot export is named."""
+student exports as a DDIMPipeline that samples as the student does; an SD3 pipeline folder's student, distilled
+from its path alone (its own text encoders read as the pipeline reads them), exports as a StableDiffusion3Pipeline
+whose flow-matching scheduler samples as the student; what cannot export is named."""
 
 import json
 from types import SimpleNamespace
 
 import pytest
 import torch
-from diffusers import DDIMPipeline, DDPMScheduler, LCMScheduler, StableDiffusionPipeline, UNet2DModel
-from diffusers_fixtures import perturb, save_sd_like
+from diffusers import (
+    DDIMPipeline,
+    DDPMScheduler,
+    LCMScheduler,
+    StableDiffusion3Pipeline,
+    StableDiffusionPipeline,
+    UNet2DModel,
+)
+from diffusers_fixtures import perturb, save_sd3_pipeline, save_sd_like
 
 from potstill.cli import main
 from potstill.core.config import load_config
@@ -116,6 +125,50 @@ def test_an_unconditional_unet_student_exports_as_a_ddim_pipeline(tmp_path):
                           output_type="np").images
     torch.testing.assert_close(torch.from_numpy(images).permute(0, 3, 1, 2), (expected / 2 + 0.5).clamp(0, 1),
                                rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def sd3_exported(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sd3_export")
+    pipeline_folder = save_sd3_pipeline(folder)
+    distill(load_config(data={
+        "modality": {"kind": "image", "classifier": None, "prompts": PROMPTS},
+        "teacher": {"kind": "diffusers", "path": str(pipeline_folder)},
+        "generator": {"kind": "denoiser", "times": [1.0], "lora": {**LORA, "target_modules": ["to_q", "to_v"]}},
+        "fake_score": {"kind": "teacher_copy", "lora": {**LORA, "target_modules": ["to_q", "to_v"]}},
+        "objective": "dmd2",
+        "train": QUICK,
+        "eval": {"n_samples": 8, "batch_size": 8},
+    }), folder / "run")
+    main(["export", str(folder / "run"), "--diffusers", str(folder / "out")])
+    return folder
+
+
+def test_an_sd3_folders_own_text_encoders_are_read_as_its_pipeline_reads_them(sd3_exported):
+    run = open_run(sd3_exported / "run", "cpu")
+    pipeline = StableDiffusion3Pipeline.from_pretrained(sd3_exported / "pipeline", local_files_only=True)
+    with torch.no_grad():
+        states, null_states, pooled, null_pooled = pipeline.encode_prompt(PROMPTS, None, None)
+    layout = run.text_encoder.layout
+    torch.testing.assert_close(layout.split(run.text_encoder.encode(PROMPTS)), (states, pooled))
+    torch.testing.assert_close(layout.split(run.text_encoder.null.expand(2, -1, -1)), (null_states, null_pooled))
+
+
+def test_an_sd3_students_pipeline_samples_as_the_student(sd3_exported):
+    record = json.loads((sd3_exported / "out" / "potstill_student.json").read_text())
+    assert record["pipeline_class"] == "StableDiffusion3Pipeline" and record["sigmas"] == [1.0]
+    pipeline = StableDiffusion3Pipeline.from_pretrained(sd3_exported / "out", local_files_only=True)
+    assert pipeline.scheduler.config.stochastic_sampling and pipeline.scheduler.config.shift == 1.0
+    run = open_run(sd3_exported / "run", "cpu")
+    noise = torch.randn(2, 2, 4, 4, generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        expected = run.ema.model.sample(noise, run.text_encoder.encode(PROMPTS))
+        latents = pipeline(PROMPTS, sigmas=record["sigmas"], guidance_scale=record["guidance_scale"],
+                           latents=noise, output_type="latent").images
+        images = pipeline(PROMPTS, sigmas=record["sigmas"], guidance_scale=record["guidance_scale"],
+                          latents=noise, output_type="pt").images
+    torch.testing.assert_close(latents, expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(images * 2 - 1, run.modality.decode(expected).clamp(-1, 1), rtol=1e-4, atol=1e-4)
 
 
 def test_what_cannot_export_is_named():
