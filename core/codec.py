@@ -100,6 +100,12 @@ class EncodedRealData(RealData):
         return getattr(self.source, name)
 
 
+def encoded_real_data(source: RealData, codec: Codec) -> RealData:
+    """The stream as the teacher's samples: encoded as drawn, unless its samples are the codec's already (latents
+    stored by `potstill data encode`)."""
+    return source if source.in_codec_space else EncodedRealData(source, codec)
+
+
 class EncodedModality(Modality):
     """The data's modality seen through a codec: inputs are noise in the codec's sample shape with the data's
     conditions; saving and scoring decode first. Every other attribute is the data modality's."""

@@ -16,7 +16,7 @@ from torch import nn
 from potstill.core import checkpoint as ckpt
 from potstill.core import parallel
 from potstill.core import registry as reg
-from potstill.core.codec import Codec, EncodedModality, EncodedRealData, build_codec
+from potstill.core.codec import Codec, EncodedModality, build_codec, encoded_real_data
 from potstill.core.config import RunConfig, to_dict
 from potstill.core.config_changes import write_config_file
 from potstill.core.denoiser import Denoiser
@@ -55,6 +55,16 @@ class BuildContext:
 def _build(registry: reg.Registry, component, context: BuildContext, key: str):
     entry = registry.get(component.kind, key)
     return entry.builder(component.options, context)
+
+
+def build_frozen_parts(context: BuildContext) -> None:
+    """The text encoder, teacher and codec the rest of a run is built on, into `context` (a teacher may bring its
+    own text encoder and codec: a diffusers pipeline folder's)."""
+    config = context.config
+    context.text_encoder = (_build(reg.TEXT_ENCODERS, config.text_encoder, context, "text_encoder.kind")
+                            if config.text_encoder is not None else None)
+    context.teacher = _build(reg.TEACHERS, config.teacher, context, "teacher.kind").requires_grad_(False).eval()
+    context.codec = build_codec(config.codec, context, context.teacher)
 
 
 def seed_everything(seed: int) -> None:
@@ -115,12 +125,8 @@ class Distiller(StepLoop):
         self.engine: Engine = engine_entry.builder(config.engine.options, config.train)
         self.micro_batch = self.engine.micro_batch
         context = BuildContext(config, self.engine)
-        context.text_encoder = (_build(reg.TEXT_ENCODERS, config.text_encoder, context, "text_encoder.kind")
-                                if config.text_encoder is not None else None)
-        context.teacher = _build(reg.TEACHERS, config.teacher, context, "teacher.kind")
-        self.text_encoder = context.text_encoder     # a teacher may bring its own (a diffusers pipeline folder's)
-        self.teacher = context.teacher.requires_grad_(False).eval()
-        context.codec = build_codec(config.codec, context, self.teacher)
+        build_frozen_parts(context)
+        self.text_encoder, self.teacher = context.text_encoder, context.teacher
         self.codec = context.codec.to(self.engine.device) if context.codec is not None else None
         context.modality = _build(reg.MODALITIES, config.modality, context, "modality.kind")
         if self.codec is not None:
@@ -137,7 +143,7 @@ class Distiller(StepLoop):
         self.real_data = (_build(reg.DATASETS, config.real_data, context, "real_data.kind")
                           if config.real_data is not None and with_real_data else None)
         if self.real_data is not None and self.codec is not None:
-            self.real_data = EncodedRealData(self.real_data, self.codec)
+            self.real_data = encoded_real_data(self.real_data, self.codec)
         self._check_requirements(with_real_data)
         for module in (self.generator, self.fake_score, self.adversary, self.objective):
             if module is not None:

@@ -18,6 +18,7 @@ class RealData(ABC):
     returns this rank's rows directly; then every rank's state goes into the checkpoint."""
 
     splits_by_rank: bool = False
+    in_codec_space: bool = False      # samples are a codec's already (stored latents): nothing encodes them again
 
     @abstractmethod
     def next(self, n: int) -> tuple[torch.Tensor, Any]:

@@ -11,7 +11,7 @@ from torch import nn
 
 from potstill.core import checkpoint as ckpt
 from potstill.core import registry as reg
-from potstill.core.codec import EncodedRealData, build_codec
+from potstill.core.codec import build_codec, encoded_real_data
 from potstill.core.config import TrainConfig, read_yaml, to_dict
 from potstill.core.config_changes import check_resume_changes, record_changes, write_config_file
 from potstill.core.denoiser import Denoiser, drop_conditions
@@ -91,7 +91,7 @@ class TeacherTrainer(StepLoop):
         self.real_data = dataset.builder(config.real_data.options, context)
         self.codec = build_codec(config.codec, context)
         if self.codec is not None:
-            self.real_data = EncodedRealData(self.real_data, self.codec.to(self.engine.device))
+            self.real_data = encoded_real_data(self.real_data, self.codec.to(self.engine.device))
         self.backbone_options = sized_to_data(config.backbone.options, self.real_data, context.text_encoder)
         backbone = reg.BACKBONES.get(config.backbone.kind, "backbone.kind").builder(self.backbone_options)
         schedule = reg.SCHEDULES.get(config.schedule.kind, "schedule.kind").builder(config.schedule.options)

@@ -1,4 +1,4 @@
-"""`potstill data pack | inspect | embed | digits | tones`: make, look into and extend webdataset shards."""
+"""`potstill data pack | inspect | embed | encode | digits | tones`: make, look into and extend webdataset shards."""
 
 from __future__ import annotations
 
@@ -55,6 +55,14 @@ def _embed(args) -> None:
     summary = embed_shards(args.pattern, Path(args.out_dir), encoder.encode, args.caption_field, args.field)
     print(summary.describe())
     print(f"embedding width {encoder.dim}; train with real_data.condition: embedding, embedding_field: {args.field}")
+
+
+def _encode(args) -> None:
+    from potstill.data.encode import encode_shards
+
+    summary = encode_shards(args.pattern, Path(args.out_dir), Path(args.config), args.field, args.batch)
+    print(summary.describe())
+    print(f"train with real_data: {{kind: webdataset, media: tensor, tensor: {{fields: [{args.field}]}}}}")
 
 
 def _digits(args) -> None:
@@ -122,6 +130,14 @@ def add_data_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--caption-field", default="txt", help="field holding the caption (or json:path)")
     p.add_argument("--field", default="text_emb.npy", help="name of the embedding field written")
     p.set_defaults(func=_embed)
+
+    p = commands.add_parser("encode", help="copy shards adding each sample's codec latents (a run's codec)")
+    p.add_argument("pattern", help="input shards")
+    p.add_argument("out_dir", help="folder for the new shards (same names); not the input shards' folder")
+    p.add_argument("--config", required=True, help="the run config whose codec and real_data decoding to use")
+    p.add_argument("--field", default="latent.npy", help="name of the latent field written")
+    p.add_argument("--batch", type=int, default=32, help="samples encoded at once")
+    p.set_defaults(func=_encode)
 
     p = commands.add_parser("digits", help="write the embedded 8x8 digits as png files with labels and captions")
     p.add_argument("out_dir")

@@ -1,15 +1,19 @@
-"""`potstill data embed`: copy shards, adding each caption's text embedding as a field, so training reads
-`condition: embedding` and needs no text encoder. One output shard per input shard, same name, written
-to a temporary file and renamed when complete."""
+"""`potstill data embed` and `data encode`: copy shards, adding a field computed from each sample (a caption's text
+embedding, so training reads `condition: embedding` and needs no text encoder; an image's codec latents, so training
+reads `media: tensor` and never runs the encoder). One output shard per input shard, same name, written to a
+temporary file and renamed when complete."""
 
 from __future__ import annotations
 
 import io
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 import webdataset as wds
 
 from potstill.data.bad_samples import BadEvent
@@ -20,14 +24,18 @@ from potstill.data.shards import expand_shards, is_local, local_path
 
 
 @dataclass
-class EmbedSummary:
+class AddedFieldSummary:
+    """What was added to how many samples; `verb` and `source` word its sentence ("embedded ... captions")."""
+
+    verb: str
+    source: str
     shards: int = 0
     samples: int = 0
-    embedded: int = 0
+    added: int = 0
     events: list[BadEvent] = field(default_factory=list)
 
     def describe(self) -> str:
-        lines = [f"embedded {self.embedded} of {self.samples} samples' captions into {self.shards} shards"]
+        lines = [f"{self.verb} {self.added} of {self.samples} samples' {self.source} into {self.shards} shards"]
         lines += [event.describe() for event in self.events]
         return "\n".join(lines)
 
@@ -56,39 +64,57 @@ def shard_targets(pattern: str, out_dir: Path) -> list[tuple[str, Path]]:
     return targets
 
 
-def embed_shards(pattern: str, out_dir: Path, encode, caption_field: str = "txt",
-                 out_field: str = "text_emb.npy", batch: int = 256) -> EmbedSummary:
-    """Every sample of every shard copied to `out_dir` with `out_field` = encode(caption) as float32 npy;
-    samples without a caption are copied as they are and reported."""
+@dataclass
+class FieldRecipe:
+    """How to add one field: `read` takes a sample's input (raising BadSample when it has none, reported as
+    `missing`), `compute` maps a batch of inputs to one row each, written as float32 npy under `out_field`."""
+
+    read: Callable[[dict], Any]
+    compute: Callable[[list], torch.Tensor]
+    out_field: str
+    missing: str
+    batch: int
+
+
+def add_field_to_shards(pattern: str, out_dir: Path, recipe: FieldRecipe, summary: AddedFieldSummary
+                        ) -> AddedFieldSummary:
+    """Every sample of every shard copied to `out_dir`, with the recipe's field where its input could be read;
+    samples without one are copied as they are and reported."""
     targets = shard_targets(pattern, out_dir)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    summary = EmbedSummary()
     for url, target in targets:
         partial = target.with_name(f".{target.name}.tmp")
         with wds.TarWriter(str(partial), **TAR_OPTIONS) as writer:
-            pending: list[tuple[dict, str | None]] = []
+            pending: list[tuple[dict, Any]] = []
             for sample in read_shards([url], summary.events):
                 summary.samples += 1
                 try:
-                    caption = read_text(sample, caption_field)
+                    value = recipe.read(sample)
                 except BadSample as bad:
-                    summary.events.append(BadEvent(url, sample["__key__"], "no_caption", bad.detail))
-                    caption = None
-                pending.append((sample, caption))
-                if len(pending) == batch:
-                    summary.embedded += write_embedded(writer, pending, encode, out_field)
+                    summary.events.append(BadEvent(url, sample["__key__"], recipe.missing, bad.detail))
+                    value = None
+                pending.append((sample, value))
+                if len(pending) == recipe.batch:
+                    summary.added += write_pending(writer, pending, recipe)
                     pending = []
-            summary.embedded += write_embedded(writer, pending, encode, out_field)
+            summary.added += write_pending(writer, pending, recipe)
         partial.rename(target)
         summary.shards += 1
     return summary
 
 
-def write_embedded(writer: wds.TarWriter, pending: list[tuple[dict, str | None]], encode, out_field: str) -> int:
-    """Write the pending samples in order, those with a caption with its embedding; returns how many had one."""
-    captions = [caption for _, caption in pending if caption is not None]
-    rows = iter(encode(captions).float().numpy()) if captions else iter(())
-    for sample, caption in pending:
-        extra = {out_field: npy_bytes(next(rows))} if caption is not None else {}
+def write_pending(writer: wds.TarWriter, pending: list[tuple[dict, Any]], recipe: FieldRecipe) -> int:
+    """Write the pending samples in order, those with an input with its computed row; returns how many had one."""
+    inputs = [value for _, value in pending if value is not None]
+    rows = iter(recipe.compute(inputs).float().numpy()) if inputs else iter(())
+    for sample, value in pending:
+        extra = {recipe.out_field: npy_bytes(next(rows))} if value is not None else {}
         writer.write(sample | extra)
-    return len(captions)
+    return len(inputs)
+
+
+def embed_shards(pattern: str, out_dir: Path, encode, caption_field: str = "txt",
+                 out_field: str = "text_emb.npy", batch: int = 256) -> AddedFieldSummary:
+    """Each caption's text embedding (`encode(captions)`) added as `out_field`."""
+    recipe = FieldRecipe(lambda sample: read_text(sample, caption_field), encode, out_field, "no_caption", batch)
+    return add_field_to_shards(pattern, out_dir, recipe, AddedFieldSummary("embedded", "captions"))

@@ -74,12 +74,14 @@ class SampleDecoder:
             value = read_value(sample, self.condition_field)
             if not isinstance(value, bytes):
                 return torch.tensor(value, dtype=torch.float32)
-            return decode_tensor(value).float().flatten()
+            tensor = decode_tensor(value).float()
+            return tensor if tensor.ndim == 2 and len(tensor) > 1 else tensor.flatten()   # token sequences keep [L, D]
         return None
 
 
 def collate(rows: list[tuple[torch.Tensor, Any]], condition: Condition) -> tuple[torch.Tensor, Any]:
-    """Stack decoded rows: labels -> long [n], embeddings -> float [n, D], captions -> list of str."""
+    """Stack decoded rows: labels -> long [n], embeddings -> float [n, D] (sequences [n, L, D]), captions -> list of
+    str."""
     x = torch.stack([row[0] for row in rows])
     conds = [row[1] for row in rows]
     if condition == "label":

@@ -90,6 +90,8 @@ def build_webdataset_stream(options: WebDatasetOptions, context) -> WebDatasetSt
     encoder = context.text_encoder.encode if context.text_encoder is not None else None
     if options.condition == "caption" and encoder is None:
         raise ValueError("real_data.condition: captions need a text encoder; set the run's text_encoder section")
-    return open_stream(options, context.engine.micro_batch, seed, getattr(modality, "data_shape", None), encoder,
-                       parallel.PLACE.rank, parallel.PLACE.world_size,
-                       sample_rate=getattr(modality, "sample_rate", None))
+    stream = open_stream(options, context.engine.micro_batch, seed, getattr(modality, "data_shape", None), encoder,
+                         parallel.PLACE.rank, parallel.PLACE.world_size,
+                         sample_rate=getattr(modality, "sample_rate", None))
+    stream.in_codec_space = options.media == "tensor"      # stored tensors are the teacher's samples (latents)
+    return stream

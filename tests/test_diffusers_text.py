@@ -5,20 +5,26 @@ teacher's x0 is the scheduler's own prediction at the CLIP tokens and guides aga
 codec scales as the diffusers pipelines do; DMD2 and SiD train LoRA adapters in latent space against real digits
 encoded on the fly; bad settings are named."""
 
+import io
+import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from diffusers_fixtures import TOKENS, save_sd3_text_encoders, save_sd_like, tiny_vae
 from transformers import AutoTokenizer, CLIPTextModel
 
 from potstill.backbones.transformers_text import TextModelOptions, TransformersTextEncoder, TransformersTextOptions
+from potstill.cli import main
 from potstill.core.config import ConfigError, load_config
 from potstill.core.diffusers_vae import DiffusersVAECodec, DiffusersVAEOptions
 from potstill.core.distiller import Distiller
 from potstill.core.registry import TEACHERS
+from potstill.data.shard_stream import read_shards
 
 PROMPTS = ["a handwritten digit one", "a handwritten digit seven"]
 LORA = {"rank": 2, "alpha": 2.0, "target_modules": ["to_q", "to_k", "to_v", "to_out.0"]}
@@ -190,6 +196,49 @@ def test_a_pipeline_folder_runs_from_its_path_alone(sd_folder, tmp_path):
     with pytest.raises(ConfigError, match=r"text_encoder: the teacher reads token sequences and .* holds no "
                                           "text_encoder/"):
         Distiller(path_alone(tmp_path))
+
+
+def test_data_encode_and_embed_store_latents_and_token_sequences_a_run_reads_back(sd_folder, digits_shards,
+                                                                                  tmp_path, capsys):
+    one_shard = digits_shards.replace("{000000..000005}", "000003")
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({
+        "modality": {"kind": "image", "classifier": None, "prompts": PROMPTS},
+        "teacher": {"kind": "diffusers", "path": str(sd_folder)},
+        "text_encoder": {"kind": "transformers", "path": str(sd_folder)},
+        "generator": {"kind": "denoiser", "times": [1.0], "lora": LORA},
+        "fake_score": {"kind": "teacher_copy", "lora": LORA},
+        "objective": "dmd2",
+        "real_data": {"kind": "webdataset", "shards": one_shard, "condition": "caption", "workers": 0},
+        "train": {"steps": 1, "batch_size": 4, "progress": False},
+    }))
+    main(["data", "encode", one_shard, str(tmp_path / "latents"), "--config", str(config)])
+    assert "encoded 300 of 300 samples' media into 1 shards" in capsys.readouterr().out
+    main(["data", "embed", str(tmp_path / "latents" / "digits-000003.tar"), str(tmp_path / "both"),
+          "--config", str(config)])
+    samples = list(read_shards([str(tmp_path / "both" / "digits-000003.tar")], []))
+    codec = DiffusersVAECodec(DiffusersVAEOptions(path=str(sd_folder)))
+    image = read_digit(samples[0]["png"])
+    with torch.no_grad():
+        expected = codec.encode(image[None])[0]
+    torch.testing.assert_close(torch.from_numpy(np.load(io.BytesIO(samples[0]["latent.npy"]))), expected)
+    tokens = np.load(io.BytesIO(samples[0]["text_emb.npy"]))
+    assert tokens.shape == (TOKENS, 16)
+    stored = {"kind": "webdataset", "shards": str(tmp_path / "both" / "digits-000003.tar"), "media": "tensor",
+              "tensor": {"fields": ["latent.npy"]}, "condition": "embedding", "workers": 0, "shuffle_buffer": 0,
+              "shuffle_shards": False}
+    run = Distiller(load_config(config, [f"real_data={json.dumps(stored)}"]))
+    real_x, real_cond = run.next_real(4)
+    assert real_x.shape == (4, 2, 4, 4) and real_cond.shape == (4, TOKENS, 16)
+    torch.testing.assert_close(real_x[0], expected)
+    torch.testing.assert_close(real_cond[0], torch.from_numpy(tokens))
+
+
+def read_digit(png: bytes) -> torch.Tensor:
+    from PIL import Image
+    from torchvision.transforms.functional import pil_to_tensor
+
+    return pil_to_tensor(Image.open(io.BytesIO(png)).convert("L")).float() / 127.5 - 1
 
 
 def test_bad_text_settings_are_named(sd_folder, sd3_text_folder):
