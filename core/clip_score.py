@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from einops import repeat
 
 from potstill.backbones.text_encoders import OpenClipTextOptions, build_clip
-from potstill.modalities.image import read_prompts
+from potstill.core.modality import read_prompts
 
 
 def clip_inputs(images: torch.Tensor, data_range: tuple[float, float], visual) -> torch.Tensor:

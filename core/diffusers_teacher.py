@@ -41,6 +41,10 @@ def transformer_blocks(model: nn.Module) -> list[nn.Module]:
     return list(model.transformer_blocks)
 
 
+def wan_blocks(model: nn.Module) -> list[nn.Module]:
+    return list(model.blocks)
+
+
 def unet_classes(model: nn.Module) -> tuple[int, int | None]:
     """(classes, null class): a UNet2DModel's class embedding has no null row."""
     return model.config.num_class_embeds or 0, None
@@ -97,6 +101,7 @@ MODEL_CLASSES = {
     "PixArtTransformer2DModel": ModelReader(transformer_blocks, no_classes, pixart_inputs, "caption_channels"),
     "SD3Transformer2DModel": ModelReader(transformer_blocks, no_classes, sd3_inputs, "joint_attention_dim",
                                          "pooled_projection_dim", image_stream=1),
+    "WanTransformer3DModel": ModelReader(wan_blocks, no_classes, cross_attention_inputs, "text_dim"),
 }
 
 
@@ -105,14 +110,16 @@ class DiffusersTeacherOptions:
     """`path`: a local diffusers folder (a pipeline's, or a model's own); `subfolder`: the model's folder in it
     (null: `unet/` or `transformer/` when there, else the folder itself); `model_class`: the diffusers class that
     reads it (MODEL_CLASSES; null: the `_class_name` its config.json names);
-    `scheduler_subfolder`: where the scheduler config lies (a DDPM-family scheduler: DDPM, DDIM, Euler, ...);
-    `sigma_data`: the data's std, for the objectives that read it."""
+    `scheduler_subfolder`: where the scheduler config lies (a DDPM-family scheduler: DDPM, DDIM, Euler, ...; or a
+    flow-matching one); `sigma_data`: the data's std, for the objectives that read it; `sample_shape`: one sample's
+    [C, H, W] or [C, F, H, W] (the model's latents), for models whose config has no `sample_size` (Wan's)."""
 
     path: str = ""
     subfolder: str | None = None
     model_class: str | None = None
     scheduler_subfolder: str = "scheduler"
     sigma_data: float = 0.5
+    sample_shape: list[int] | None = None
 
 
 class DiffusersBackbone(nn.Module):
@@ -175,10 +182,19 @@ def read_scheduler_config(folder: Path, subfolder: str) -> dict:
                           f"({str(error).splitlines()[0][:200]})") from None
 
 
+def is_flow_matching(config: dict) -> bool:
+    """FlowMatchEulerDiscreteScheduler, or a multistep solver on flow sigmas (Wan's UniPC: flow_prediction)."""
+    return config.get("_class_name", "").startswith("FlowMatch") or config.get("prediction_type") == "flow_prediction"
+
+
 def flow_matching_schedule(config: dict) -> FlowSchedule:
-    """FlowMatchEulerDiscreteScheduler's law: x_t = (1 - t) x0 + t eps with t its sigma and the model fed 1000 t
+    """A flow-matching scheduler's law: x_t = (1 - t) x0 + t eps with t its sigma and the model fed 1000 t
     (num_train_timesteps t); its training sigmas run from shift(1 / N) to 1 under the static shift
-    t' = s t / (1 + (s - 1) t), which potstill's flow schedule applies to its sampling positions."""
+    t' = s t / (1 + (s - 1) t) (`shift`, or UniPC's `flow_shift`), which potstill's flow schedule applies to its
+    sampling positions."""
+    if config.get("prediction_type") == "flow_prediction" and not config.get("use_flow_sigmas"):
+        raise ConfigError("teacher: the scheduler predicts flow but does not use flow sigmas (use_flow_sigmas); "
+                          "its noise law is not a flow-matching one")
     if config.get("use_dynamic_shifting"):
         raise ConfigError("teacher: the scheduler shifts its times by image size (use_dynamic_shifting, Flux and "
                           "SD3.5), which is not supported yet; a static `shift` is")
@@ -186,7 +202,8 @@ def flow_matching_schedule(config: dict) -> FlowSchedule:
     if steps != 1000:
         raise ConfigError(f"teacher: the flow-matching scheduler has {steps} training timesteps; the flow schedule "
                           "feeds the model 1000 t")
-    return FlowSchedule(FlowOptions(shift=float(config.get("shift", 1.0)), t_min=1 / steps))
+    shift = config.get("flow_shift") if "flow_shift" in config else config.get("shift", 1.0)
+    return FlowSchedule(FlowOptions(shift=float(shift), t_min=1 / steps))
 
 
 def load_scheduler_schedule(folder: Path, subfolder: str) -> tuple[Schedule, str]:
@@ -195,7 +212,7 @@ def load_scheduler_schedule(folder: Path, subfolder: str) -> tuple[Schedule, str
     from diffusers import DDPMScheduler
 
     config = read_scheduler_config(folder, subfolder)
-    if config.get("_class_name", "").startswith("FlowMatch"):
+    if is_flow_matching(config):
         return flow_matching_schedule(config), "flow"
     scheduler = DDPMScheduler.from_config(config)
     prediction = scheduler.config.prediction_type
@@ -290,6 +307,22 @@ def text_conditioning(model: nn.Module, location: ModelLocation, reader: ModelRe
     return layout, encoder.null
 
 
+def sample_shape(model: nn.Module, options: DiffusersTeacherOptions, location: ModelLocation) -> tuple[int, ...]:
+    """`teacher.sample_shape`, else [in_channels, size, size] from the model's config."""
+    config = model.config
+    if options.sample_shape is not None:
+        if len(options.sample_shape) not in (3, 4) or options.sample_shape[0] != config.in_channels:
+            raise ConfigError(f"teacher.sample_shape: {options.sample_shape} is not [{config.in_channels}, H, W] or "
+                              f"[{config.in_channels}, F, H, W] (the model takes {config.in_channels} channels)")
+        return tuple(options.sample_shape)
+    size = getattr(config, "sample_size", None)
+    if size is None:
+        raise ConfigError(f"teacher.sample_shape: this {location.model_class}'s config has no sample_size; set one "
+                          f"sample's latent shape, e.g. [{config.in_channels}, 21, 60, 104]")
+    size = size if isinstance(size, int) else size[0]
+    return config.in_channels, size, size
+
+
 @TEACHERS.register("diffusers", DiffusersTeacherOptions)
 def build_diffusers_teacher(options: DiffusersTeacherOptions, context) -> Denoiser:
     """The teacher; a folder with a vae/ records it as the codec (`codec: null` then decodes through it)."""
@@ -303,10 +336,8 @@ def build_diffusers_teacher(options: DiffusersTeacherOptions, context) -> Denois
     num_classes, null_class = reader.classes(model)
     text, null_text = (text_conditioning(model, location, reader, context) if reader.text_inputs is not None
                        else (None, None))
-    config = model.config
-    size = config.sample_size if isinstance(config.sample_size, int) else config.sample_size[0]
     backbone = DiffusersBackbone(model, reader, null_class, text, null_text)
-    teacher = Denoiser(backbone, schedule, prediction, options.sigma_data, (config.in_channels, size, size),
+    teacher = Denoiser(backbone, schedule, prediction, options.sigma_data, sample_shape(model, options, location),
                        num_classes)
     if (folder / "vae" / "config.json").is_file():
         teacher.metadata = {"codec": {"kind": "diffusers_vae", "path": str(folder)}}

@@ -18,6 +18,43 @@ def noise_and_labels(n: int, sample_shape: tuple[int, ...], num_classes: int,
     return noise, (torch.randint(num_classes, (n,), generator=generator) if num_classes else None)
 
 
+def noise_and_conditions(n: int, sample_shape: tuple[int, ...], num_classes: int, prompts: torch.Tensor | None,
+                         generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Noise with class labels, or with prompt embeddings drawn uniformly from `prompts` when there are some."""
+    if prompts is None:
+        return noise_and_labels(n, sample_shape, num_classes, generator)
+    noise = torch.randn(n, *sample_shape, generator=generator)
+    return noise, prompts[torch.randint(len(prompts), (n,), generator=generator)]
+
+
+def read_prompts(prompts: str | list[str]) -> list[str]:
+    """`modality.prompts`: a list, or a text file of one prompt a line."""
+    if isinstance(prompts, list):
+        found = [p for p in prompts if p.strip()]
+    else:
+        path = Path(prompts).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"modality.prompts: {path} does not exist")
+        found = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not found:
+        raise ValueError(f"modality.prompts: {prompts!r} holds no prompt")
+    return found
+
+
+def prompt_embeddings(prompts: str | list[str] | None, teacher, text_encoder) -> torch.Tensor | None:
+    """Embeddings of `modality.prompts` ([P, D], or [P, L, D] token sequences), checked against the teacher's text
+    conditioning; None without prompts."""
+    if prompts is None:
+        return None
+    if text_encoder is None:
+        raise ValueError("modality.prompts: prompts need a text encoder; set the run's text_encoder section")
+    text_dim = teacher_text_dim(teacher)
+    if text_dim != text_encoder.dim:
+        raise ValueError(f"modality.prompts: the teacher takes text embeddings of width {text_dim}, the text encoder "
+                         f"makes {text_encoder.dim}")
+    return text_encoder.encode(read_prompts(prompts))
+
+
 def teacher_text_dim(teacher) -> int:
     """The width of the text embeddings a teacher's backbone takes (0: it takes none)."""
     backbone = getattr(teacher, "backbone", None)

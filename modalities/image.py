@@ -14,7 +14,7 @@ from potstill.backbones.digits_classifier import DigitsClassifier
 from potstill.backbones.dit import PRESETS, DiT, DiTOptions
 from potstill.core.config import from_dict
 from potstill.core.denoiser import Denoiser, Prediction
-from potstill.core.modality import Modality, noise_and_labels, teacher_text_dim
+from potstill.core.modality import Modality, noise_and_conditions, prompt_embeddings
 from potstill.core.registry import MODALITIES, TEACHERS
 from potstill.core.schedules import build_schedule
 from potstill.core.weights import check_state, load_frozen, read_state, resolve_weights
@@ -93,32 +93,6 @@ class ImageOptions:
     prompts: str | list[str] | None = None
 
 
-def read_prompts(prompts: str | list[str]) -> list[str]:
-    if isinstance(prompts, list):
-        found = [p for p in prompts if p.strip()]
-    else:
-        path = Path(prompts).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"modality.prompts: {path} does not exist")
-        found = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    if not found:
-        raise ValueError(f"modality.prompts: {prompts!r} holds no prompt")
-    return found
-
-
-def prompt_embeddings(options: ImageOptions, teacher: Denoiser, text_encoder) -> torch.Tensor | None:
-    """[P, D] embeddings of the configured prompts, checked against the teacher's text conditioning."""
-    if options.prompts is None:
-        return None
-    if text_encoder is None:
-        raise ValueError("modality.prompts: prompts need a text encoder; set the run's text_encoder section")
-    text_dim = teacher_text_dim(teacher)
-    if text_dim != text_encoder.dim:
-        raise ValueError(f"modality.prompts: the teacher takes text embeddings of width {text_dim}, the text encoder "
-                         f"makes {text_encoder.dim}")
-    return text_encoder.encode(read_prompts(options.prompts))
-
-
 def is_labels(cond) -> bool:
     return isinstance(cond, torch.Tensor) and not cond.is_floating_point()
 
@@ -133,15 +107,12 @@ class ImageModality(Modality):
         self.options = options
         self.sample_shape = tuple(shape or teacher.sample_shape)
         self.num_classes = teacher.num_classes
-        self.prompts = prompt_embeddings(options, teacher, text_encoder)
+        self.prompts = prompt_embeddings(options.prompts, teacher, text_encoder)
         self.classifier = load_classifier(options.classifier) if options.classifier else None
         self._reference = None
 
     def draw_inputs(self, n, generator=None):
-        if self.prompts is None:
-            return noise_and_labels(n, self.sample_shape, self.num_classes, generator)
-        noise = torch.randn(n, *self.sample_shape, generator=generator)
-        return noise, self.prompts[torch.randint(len(self.prompts), (n,), generator=generator)]
+        return noise_and_conditions(n, self.sample_shape, self.num_classes, self.prompts, generator)
 
     sample_formats = (".png",)
     data_range = (-1.0, 1.0)

@@ -14,7 +14,7 @@ from torchvision.utils import make_grid, save_image
 
 from potstill.backbones.video_classifier import VideoClassifier
 from potstill.core.config import ConfigError, from_dict
-from potstill.core.modality import Modality, noise_and_labels
+from potstill.core.modality import Modality, noise_and_conditions, prompt_embeddings
 from potstill.core.registry import MODALITIES
 from potstill.core.teacher_file import teacher_data
 from potstill.core.weights import load_frozen
@@ -35,12 +35,14 @@ SCORE_BATCH = 250           # clips the classifier sees at once
 class VideoOptions:
     """`classifier` (the toy video classifier's weights) gives `fvd_toy` and class recall; null: law scores
     only. `frames` overrides the teacher's frame count of the samples drawn (e.g. 48 for long streaming).
-    The `.mp4` view tiles `grid_columns` clips a row and plays at `fps`; the `.png` view is one row per clip."""
+    The `.mp4` view tiles `grid_columns` clips a row and plays at `fps`; the `.png` view is one row per clip.
+    `prompts` (a text file, one prompt a line, or a list) makes the inputs text-conditioned, as for images."""
 
     classifier: str | None = "embedded:moving_digits_classifier"
     frames: int | None = None
     grid_columns: int = 8
     fps: int = 4
+    prompts: str | list[str] | None = None
 
     def __post_init__(self) -> None:
         for name, least in (("frames", 2), ("grid_columns", 1), ("fps", 1)):
@@ -85,7 +87,8 @@ class VideoModality(Modality):
     sample_formats = (".mp4", ".png")
     data_range = (-1.0, 1.0)
 
-    def __init__(self, options: VideoOptions, teacher, shape: tuple[int, ...] | None = None) -> None:
+    def __init__(self, options: VideoOptions, teacher, shape: tuple[int, ...] | None = None, text_encoder=None
+                 ) -> None:
         """`shape`: one clip's [C, F, H, W] (the teacher's sample shape unless a codec decodes its samples)."""
         shape = tuple(shape or teacher.sample_shape)
         if len(shape) != 4:
@@ -93,6 +96,7 @@ class VideoModality(Modality):
         self.options = options
         self.sample_shape = (shape[0], options.frames or shape[1], *shape[2:])
         self.num_classes = teacher.num_classes
+        self.prompts = prompt_embeddings(options.prompts, teacher, text_encoder)
         self.law = law_of(teacher)
         if self.law is not None and shape[2:] != (self.law.canvas, self.law.canvas):
             raise ValueError(f"teacher: samples of {shape[2]}x{shape[3]} pixels, but its moving-digits data were "
@@ -104,7 +108,7 @@ class VideoModality(Modality):
         self._reference: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def draw_inputs(self, n, generator=None):
-        return noise_and_labels(n, self.sample_shape, self.num_classes, generator)
+        return noise_and_conditions(n, self.sample_shape, self.num_classes, self.prompts, generator)
 
     def save_samples(self, samples, cond, path: Path) -> Path:
         """The `.png` strip unless `path` names `.mp4`; a suffix-less path gets `.png`."""
@@ -159,4 +163,5 @@ class VideoModality(Modality):
 
 
 MODALITIES.register("video", VideoOptions)(
-    lambda options, context: VideoModality(options, context.teacher, getattr(context, "data_shape", None)))
+    lambda options, context: VideoModality(options, context.teacher, getattr(context, "data_shape", None),
+                                           context.text_encoder))

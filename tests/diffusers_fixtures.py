@@ -166,3 +166,19 @@ def save_sd3_pipeline(folder: Path) -> Path:
         tokenizer_3=AutoTokenizer.from_pretrained(parts, subfolder="tokenizer_3"),
     ).save_pretrained(folder / "pipeline")
     return folder / "pipeline"
+
+
+def save_wan_like(folder: Path) -> Path:
+    """A Wan folder's parts: a video transformer on 2x3x4x4 latents attending to a T5's 24-wide tokens, and Wan's
+    UniPC scheduler on flow sigmas with a flow shift."""
+    from diffusers import UniPCMultistepScheduler, WanTransformer3DModel
+
+    torch.manual_seed(0)
+    perturb(WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=2,
+                                  out_channels=2, text_dim=24, freq_dim=16, ffn_dim=32, num_layers=2,
+                                  rope_max_seq_len=32)).save_pretrained(folder / "transformer")
+    UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0
+                            ).save_pretrained(folder / "scheduler")
+    t5_text_model(24).save_pretrained(folder / "text_encoder")
+    t5_tokenizer(folder / "tokenizer")
+    return folder

@@ -2,7 +2,9 @@
 SD3-like transformer under a flow-matching scheduler with a static shift (its x_t is the scheduler's `scale_noise`,
 its x0 the model's velocity read at 1000 t, its guidance against the empty prompt of two CLIPs and a T5), and a
 PixArt-like transformer with learned variance under a DPM-Solver config's beta table (x0 from the epsilon half);
-DMD2 with LoRA adapters trains on both, and their blocks' features are the image tokens."""
+DMD2 with LoRA adapters trains on both, and their blocks' features are the image tokens; a Wan-like video
+transformer under Wan's UniPC flow-sigma scheduler is its velocity at the scheduler's own noise law, and distils
+clips from prompts."""
 
 import pytest
 import torch
@@ -11,8 +13,10 @@ from diffusers import (
     FlowMatchEulerDiscreteScheduler,
     PixArtTransformer2DModel,
     SD3Transformer2DModel,
+    UniPCMultistepScheduler,
+    WanTransformer3DModel,
 )
-from diffusers_fixtures import save_pixart_like, save_sd3_like
+from diffusers_fixtures import save_pixart_like, save_sd3_like, save_wan_like
 
 from potstill.core.config import ConfigError, load_config
 from potstill.core.diffusers_teacher import load_scheduler_schedule
@@ -118,7 +122,53 @@ def test_dmd2_with_lora_trains_on_the_transformer_whose_features_are_the_image_t
     assert any(not torch.equal(parameters[n], v) for n, v in trained.items())
 
 
-def test_bad_flow_settings_are_named(sd3_folder, tmp_path):
+@pytest.fixture(scope="module")
+def wan_folder(tmp_path_factory):
+    return save_wan_like(tmp_path_factory.mktemp("wan_like"))
+
+
+def wan_run(folder, steps: int = 2) -> Distiller:
+    return Distiller(load_config(data={
+        "modality": {"kind": "video", "classifier": None, "prompts": PROMPTS},
+        "teacher": {"kind": "diffusers", "path": str(folder), "sample_shape": [2, 3, 4, 4]},
+        "generator": {"kind": "denoiser", "times": [1.0], "lora": LORA},
+        "fake_score": {"kind": "teacher_copy", "lora": LORA},
+        "objective": "dmd2",
+        "train": {"steps": steps, "batch_size": 2, "progress": False, "generator_every": 1},
+    }))
+
+
+def test_the_wan_teacher_is_its_unipc_flow_schedule_and_velocity(wan_folder):
+    run = wan_run(wan_folder)
+    schedule = run.teacher.schedule
+    assert isinstance(schedule, FlowSchedule) and schedule.options.shift == 3.0
+    scheduler = UniPCMultistepScheduler.from_pretrained(wan_folder, subfolder="scheduler")
+    scheduler.set_timesteps(10)
+    model = WanTransformer3DModel.from_pretrained(wan_folder, subfolder="transformer")
+    cond = run.text_encoder.encode(PROMPTS)
+    x0, eps = torch.randn(2, 2, 3, 4, 4), torch.randn(2, 2, 3, 4, 4)
+    with torch.no_grad():
+        for timestep, sigma in zip(scheduler.timesteps[::3], scheduler.sigmas[:-1][::3], strict=True):
+            t = torch.full((2,), float(sigma))
+            x_t = scheduler.add_noise(x0, eps, timestep.expand(2))
+            torch.testing.assert_close(schedule.add_noise(x0, eps, t), x_t)
+            velocity = model(x_t, timestep=1000 * t, encoder_hidden_states=cond).sample
+            torch.testing.assert_close(run.teacher.x0(x_t, t, cond), x_t - float(sigma) * velocity,
+                                       rtol=1e-4, atol=1e-5)
+    noise, drawn = run.draw_inputs(3, torch.Generator().manual_seed(0))
+    assert noise.shape == (3, 2, 3, 4, 4) and drawn.shape == (3, 12, 24)
+    trained = {n: p.detach().clone() for n, p in run.generator.named_parameters() if p.requires_grad}
+    run.train()
+    parameters = dict(run.generator.named_parameters())
+    assert any(not torch.equal(parameters[n], v) for n, v in trained.items())
+
+
+def test_bad_flow_settings_are_named(sd3_folder, wan_folder, tmp_path):
+    with pytest.raises(ConfigError, match=r"teacher\.sample_shape: this WanTransformer3DModel's config has no "
+                                          r"sample_size"):
+        Distiller(load_config(data={"modality": {"kind": "video", "classifier": None, "prompts": PROMPTS},
+                                    "teacher": {"kind": "diffusers", "path": str(wan_folder)},
+                                    "generator": {"kind": "denoiser", "times": [1.0]}, "objective": "sds"}))
     with pytest.raises(ConfigError, match="text_encoder: its pooled vectors are 0 wide; this SD3Transformer2DModel "
                                           "takes 22"):
         Distiller(run_config(sd3_folder, {"kind": "transformers", "path": str(sd3_folder), "encoders": [
