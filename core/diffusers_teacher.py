@@ -25,6 +25,7 @@ from potstill.backbones.transformers_text import (
 )
 from potstill.core.config import ConfigError
 from potstill.core.denoiser import Denoiser
+from potstill.core.diffusers_vae import config_class_name
 from potstill.core.discrete_schedule import DiscreteVPSchedule
 from potstill.core.pretrained import load_pretrained
 from potstill.core.registry import TEACHERS
@@ -239,15 +240,7 @@ def locate_model(options: DiffusersTeacherOptions) -> ModelLocation:
     subfolder = options.subfolder
     if subfolder is None:
         subfolder = next((name for name in ("unet", "transformer") if (folder / name / "config.json").is_file()), None)
-    model_class = options.model_class
-    if model_class is None:
-        config = folder / (subfolder or "") / "config.json"
-        if not config.is_file():
-            raise ConfigError(f"teacher.path: no model config.json in {config.parent} (nor unet/ or transformer/); "
-                              "set teacher.subfolder")
-        model_class = json.loads(config.read_text()).get("_class_name")
-        if model_class is None:
-            raise ConfigError(f"teacher.model_class: {config} names no _class_name; set the diffusers class")
+    model_class = options.model_class or config_class_name(folder / (subfolder or ""), "teacher")
     if model_class not in MODEL_CLASSES:
         raise ConfigError(f"teacher.model_class: {model_class!r} is not supported yet; valid: "
                           f"{', '.join(MODEL_CLASSES)}")

@@ -169,9 +169,9 @@ def save_sd3_pipeline(folder: Path) -> Path:
 
 
 def save_wan_like(folder: Path) -> Path:
-    """A Wan folder's parts: a video transformer on 2x3x4x4 latents attending to a T5's 24-wide tokens, and Wan's
-    UniPC scheduler on flow sigmas with a flow shift."""
-    from diffusers import UniPCMultistepScheduler, WanTransformer3DModel
+    """A Wan folder's parts: a video transformer on 2x3x4x4 latents attending to a T5's 24-wide tokens, Wan's
+    UniPC scheduler on flow sigmas with a flow shift, and a Wan VAE from grey 5x8x8 clips to those latents."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
 
     torch.manual_seed(0)
     perturb(WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=2,
@@ -179,6 +179,10 @@ def save_wan_like(folder: Path) -> Path:
                                   rope_max_seq_len=32)).save_pretrained(folder / "transformer")
     UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0
                             ).save_pretrained(folder / "scheduler")
+    torch.manual_seed(4)
+    AutoencoderKLWan(base_dim=8, z_dim=2, dim_mult=[1, 2], num_res_blocks=1, temperal_downsample=[True],
+                     latents_mean=[0.1, -0.2], latents_std=[2.0, 0.5], in_channels=1, out_channels=1
+                     ).save_pretrained(folder / "vae")
     t5_text_model(24).save_pretrained(folder / "text_encoder")
     t5_tokenizer(folder / "tokenizer")
     return folder

@@ -110,7 +110,7 @@ def test_bad_folders_and_classes_are_named(tmp_path):
         entry.builder(entry.options(path=str(tmp_path / "none")), None)
     with pytest.raises(ConfigError, match=r"teacher\.model_class: 'Flux' is not supported yet"):
         entry.builder(entry.options(path=str(unet_folder), model_class="Flux"), None)
-    with pytest.raises(ConfigError, match=r"teacher\.path: no model config.json in .* set teacher\.subfolder"):
+    with pytest.raises(ConfigError, match=r"teacher\.path: no config.json in .*; set teacher\.subfolder"):
         entry.builder(entry.options(path=str(tmp_path)), None)
     with pytest.raises(ConfigError, match=r"teacher\.path: .*unet does not hold a whole DiTTransformer2DModel "
                                           r"\(missing keys: .*unexpected keys: .*right folder and class"):

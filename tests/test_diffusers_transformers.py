@@ -9,6 +9,7 @@ clips from prompts."""
 import pytest
 import torch
 from diffusers import (
+    AutoencoderKLWan,
     DDPMScheduler,
     FlowMatchEulerDiscreteScheduler,
     PixArtTransformer2DModel,
@@ -20,6 +21,7 @@ from diffusers_fixtures import save_pixart_like, save_sd3_like, save_wan_like
 
 from potstill.core.config import ConfigError, load_config
 from potstill.core.diffusers_teacher import load_scheduler_schedule
+from potstill.core.diffusers_vae import DiffusersVAECodec, DiffusersVAEOptions
 from potstill.core.distiller import Distiller
 from potstill.core.schedules import FlowSchedule
 
@@ -157,10 +159,26 @@ def test_the_wan_teacher_is_its_unipc_flow_schedule_and_velocity(wan_folder):
                                        rtol=1e-4, atol=1e-5)
     noise, drawn = run.draw_inputs(3, torch.Generator().manual_seed(0))
     assert noise.shape == (3, 2, 3, 4, 4) and drawn.shape == (3, 12, 24)
+    with torch.no_grad():       # the folder's Wan VAE is the codec: samples decode to grey 5-frame clips
+        assert run.modality.decode(run.generator.sample(noise, drawn)).shape == (3, 1, 5, 8, 8)
     trained = {n: p.detach().clone() for n, p in run.generator.named_parameters() if p.requires_grad}
     run.train()
     parameters = dict(run.generator.named_parameters())
     assert any(not torch.equal(parameters[n], v) for n, v in trained.items())
+
+
+def test_the_wan_vae_codec_normalises_each_channel_as_wans_pipeline(wan_folder):
+    codec = DiffusersVAECodec(DiffusersVAEOptions(path=str(wan_folder), model_class="AutoencoderKLWan"))
+    vae = AutoencoderKLWan.from_pretrained(wan_folder, subfolder="vae")
+    clips = torch.rand(2, 1, 5, 8, 8) * 2 - 1
+    mean, std = torch.tensor([0.1, -0.2])[:, None, None, None], torch.tensor([2.0, 0.5])[:, None, None, None]
+    with torch.no_grad():
+        latents = codec.encode(clips)
+        torch.testing.assert_close(latents, (vae.encode(clips).latent_dist.mode() - mean) / std)
+        torch.testing.assert_close(codec.decode(latents), vae.decode(latents * std + mean).sample)
+    assert codec.sample_shape((1, 5, 8, 8)) == (2, 3, 4, 4) and codec.data_shape((2, 3, 4, 4)) == (1, 5, 8, 8)
+    with pytest.raises(ValueError, match="4 frames is not 1 \\+ a multiple of 2"):
+        codec.sample_shape((1, 4, 8, 8))
 
 
 def test_bad_flow_settings_are_named(sd3_folder, wan_folder, tmp_path):
