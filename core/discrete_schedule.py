@@ -1,7 +1,9 @@
 """A variance-preserving schedule from a discrete table of alpha_bar (DDPM's betas as a diffusers scheduler config
 makes them), not its continuous approximation: t in [0, 1] maps to the timestep index k = (N - 1) t, alpha_bar is
 the table at integer k and interpolated in log alpha_bar between them, and the network's time input is k itself.
-At every integer timestep the forward process is the scheduler's `add_noise` exactly."""
+At every integer timestep the forward process is the scheduler's `add_noise` exactly, except where a zero-terminal-SNR
+table (`rescale_betas_zero_snr`) ends in alpha_bar = 0: that entry becomes 2^-24, as diffusers' Euler scheduler
+makes it, so log alpha_bar stays finite."""
 
 from __future__ import annotations
 
@@ -9,12 +11,16 @@ import torch
 
 from potstill.core.schedules import Schedule
 
+ZERO_SNR_FLOOR = 2.0**-24
+
 
 class DiscreteVPSchedule(Schedule):
     """alpha = sqrt(abar(t)), sigma = sqrt(1 - abar(t)); `alphas_cumprod` is the scheduler's table [N]."""
 
     def __init__(self, alphas_cumprod: torch.Tensor) -> None:
         table = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
+        if len(table) > 1 and table[-1] == 0:
+            table = torch.cat([table[:-1], table.new_full((1,), ZERO_SNR_FLOOR)])
         if table.ndim != 1 or len(table) < 2 or not bool((table[1:] < table[:-1]).all()):
             raise ValueError("teacher: the scheduler's alphas_cumprod must fall strictly over at least 2 timesteps")
         self.log_table = table.log()

@@ -70,6 +70,22 @@ def test_the_schedule_and_clean_prediction_are_the_schedulers(model_folder):
             torch.testing.assert_close(teacher.x0(x_t, t, labels), expected, rtol=1e-4, atol=1e-5)
 
 
+def test_a_zero_terminal_snr_table_ends_at_the_euler_schedulers_floor(tmp_path):
+    save_model(tmp_path, "UNet2DModel", "v_prediction")
+    DDPMScheduler(beta_schedule="scaled_linear", prediction_type="v_prediction", clip_sample=False,
+                  rescale_betas_zero_snr=True).save_pretrained(tmp_path / "scheduler")
+    teacher = build_teacher(tmp_path, "UNet2DModel")
+    scheduler = DDPMScheduler.from_pretrained(tmp_path, subfolder="scheduler")
+    x0, eps = torch.randn(2, 1, 8, 8), torch.randn(2, 1, 8, 8)
+    for k in [0, 500, 998]:
+        torch.testing.assert_close(teacher.schedule.add_noise(x0, eps, torch.full((2,), k / 999)),
+                                   scheduler.add_noise(x0, eps, torch.full((2,), k)), rtol=1e-5, atol=1e-6)
+    t = torch.tensor([1.0, 998.5 / 999])
+    assert teacher.schedule.alpha(t)[0] == 2.0**-12 and teacher.schedule.alpha(t).isfinite().all()
+    with torch.no_grad():
+        assert teacher.x0(torch.randn(2, 1, 8, 8), t, torch.tensor([1, 2])).isfinite().all()
+
+
 def test_dits_null_class_guides_and_its_student_keeps_every_label(tmp_path):
     save_model(tmp_path, "DiTTransformer2DModel", "epsilon")
     teacher = build_teacher(tmp_path, "DiTTransformer2DModel")
