@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from potstill.backbones.transformers_text import TextLayout
 from potstill.core.config import load_component
 from potstill.core.registry import TEXT_ENCODERS
 
@@ -21,12 +23,14 @@ class OpenClipTextOptions:
     """`model`: an open_clip model name (ViT-B-32, ViT-H-14, ...); `checkpoint`: that model's weights file
     (.bin, .pt, .safetensors), or null for a seeded random tower (tests); `model_overrides` replaces
     keys of the model's config (embed_dim, text_cfg) for small towers. Embeddings are the projected,
-    pooled text features, unit length when `normalize`."""
+    pooled text features, unit length when `normalize`; with `tokens`, the final layer's token states with that
+    pooled vector packed after them (backbones/transformers_text.py's layout), for teachers that attend to tokens."""
 
     model: str = "ViT-B-32"
     checkpoint: str | None = None
     model_overrides: dict[str, Any] | None = None
     normalize: bool = True
+    tokens: bool = False
     init_seed: int = 0
     cache_size: int = 100_000
     batch_size: int = 256
@@ -75,16 +79,40 @@ class OpenClipTextEncoder(nn.Module):
         self.clip = build_clip(options).to(options.device).eval().requires_grad_(False)
         self.tokenizer = open_clip.get_tokenizer(options.model,
                                                  context_length=self.clip.positional_embedding.shape[0])
-        self.dim = int(self.clip.text_projection.shape[-1]) if self.clip.text_projection is not None else \
+        pooled_dim = int(self.clip.text_projection.shape[-1]) if self.clip.text_projection is not None else \
             int(self.clip.positional_embedding.shape[-1])
         self.cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.layout = None
+        self.dim = pooled_dim
+        if options.tokens:
+            context, width = self.clip.positional_embedding.shape
+            self.layout = TextLayout(int(context), int(width), pooled_dim)
+            self.dim = self.layout.dim
+            self.register_buffer("null", self._compute([""]), persistent=False)
+
+    def _tokens_and_pooled(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The final layer's token states and the pooled, projected vector, packed (open_clip's encode_text, with
+        its states kept)."""
+        from open_clip.transformer import text_global_pool
+
+        clip = self.clip
+        x = clip.token_embedding(tokens) + clip.positional_embedding
+        states = clip.ln_final(clip.transformer(x, attn_mask=clip.attn_mask))
+        pooled = text_global_pool(states, tokens, clip.text_pool_type, eos_token_id=getattr(clip, "text_eos_id", None))
+        if clip.text_projection is not None:
+            pooled = clip.text_projection(pooled) if isinstance(clip.text_projection, nn.Linear) \
+                else pooled @ clip.text_projection
+        pooled = F.normalize(pooled, dim=-1) if self.options.normalize else pooled
+        return self.layout.pack(states, pooled)
 
     @torch.no_grad()
     def _compute(self, prompts: list[str]) -> torch.Tensor:
         chunks = []
         for start in range(0, len(prompts), self.options.batch_size):
             tokens = self.tokenizer(prompts[start : start + self.options.batch_size]).to(self.options.device)
-            chunks.append(self.clip.encode_text(tokens, normalize=self.options.normalize).float().cpu())
+            encoded = (self._tokens_and_pooled(tokens) if self.layout is not None
+                       else self.clip.encode_text(tokens, normalize=self.options.normalize))
+            chunks.append(encoded.float().cpu())
         return torch.cat(chunks)
 
     def encode(self, prompts: list[str]) -> torch.Tensor:
@@ -99,7 +127,9 @@ class OpenClipTextEncoder(nn.Module):
             rows.append(self.cache[prompt])
         while len(self.cache) > self.options.cache_size:
             self.cache.popitem(last=False)
-        return torch.stack(rows) if rows else torch.zeros(0, self.dim)
+        if rows:
+            return torch.stack(rows)
+        return torch.zeros(0, *self.null.shape[1:]) if self.layout is not None else torch.zeros(0, self.dim)
 
 
 TEXT_ENCODERS.register("open_clip", OpenClipTextOptions)(lambda options, context: OpenClipTextEncoder(options))

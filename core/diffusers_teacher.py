@@ -293,10 +293,10 @@ def text_conditioning(model: nn.Module, location: ModelLocation, reader: ModelRe
     if layout.dim != width:
         raise ConfigError(f"text_encoder: its token states are {layout.dim} wide; this {model_class} attends to "
                           f"{width}")
-    pooled = getattr(model.config, reader.pooled_width_key) if reader.pooled_width_key else 0
-    if layout.pooled_dim != pooled:
+    pooled = getattr(model.config, reader.pooled_width_key) if reader.pooled_width_key else None
+    if pooled is not None and layout.pooled_dim != pooled:
         raise ConfigError(f"text_encoder: its pooled vectors are {layout.pooled_dim} wide; this {model_class} takes "
-                          f"{pooled} (SD3: the two CLIPs' projected embeddings; others: none, pooled false)")
+                          f"{pooled} (SD3's: the two CLIPs' projected embeddings side by side)")
     return layout, encoder.null
 
 

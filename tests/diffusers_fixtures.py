@@ -72,15 +72,15 @@ def t5_text_model(width: int = 24):
                                    num_layers=1, num_heads=2))
 
 
-def tiny_unet(prediction_channels: int = 2):
+def tiny_unet(prediction_channels: int = 2, cross_attention_dim: int = WIDTH):
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(0)
     return perturb(UNet2DConditionModel(
         sample_size=4, in_channels=2, out_channels=prediction_channels, block_out_channels=(16, 32),
         layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=WIDTH, attention_head_dim=4,
-        norm_num_groups=8))
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=cross_attention_dim,
+        attention_head_dim=4, norm_num_groups=8))
 
 
 def tiny_vae(shift_factor: float | None = None):

@@ -1,15 +1,19 @@
 """Text conditioning: open_clip text towers built offline (seeded random init, or weights from a local
 file), prompt embeddings cached; `potstill data embed` writes them into new shards; a text-conditioned
-DiT teacher distils with prompts, and its GAN head reads real digits with captions or stored embeddings."""
+DiT teacher distils with prompts, and its GAN head reads real digits with captions or stored embeddings; with
+`tokens`, the tower's token states (and its pooled embedding packed after them) condition a diffusers UNet."""
 
 import io
 import json
 from dataclasses import asdict
+from types import SimpleNamespace
 
 import numpy as np
 import open_clip
 import pytest
 import torch
+from diffusers import DDPMScheduler
+from diffusers_fixtures import tiny_unet
 from safetensors.torch import save_file
 
 from potstill.backbones.dit import DiT, DiTOptions
@@ -17,6 +21,7 @@ from potstill.backbones.text_encoders import OpenClipTextEncoder, OpenClipTextOp
 from potstill.cli import main
 from potstill.core.config import from_dict, load_config
 from potstill.core.distiller import Distiller
+from potstill.core.registry import TEACHERS
 from potstill.data.shard_stream import read_shards
 
 TOWER = {"embed_dim": 16, "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
@@ -188,3 +193,20 @@ def test_clip_score_of_a_text_conditioned_run(text_teacher, tmp_path):
                 text = source.encode_text(tokenizer([prompt] * rows), normalize=True)
                 scores.append((100 * (image * text).sum(-1)).clamp(min=0))
     assert reported["value"] == pytest.approx(float(torch.cat(scores).mean()), rel=1e-5)
+
+
+def test_token_output_keeps_the_states_and_packs_the_pooled_embedding_a_unet_teacher_reads(tmp_path):
+    encoder, pooled_only = tiny_encoder(tokens=True), tiny_encoder()
+    packed = encoder.encode(["a cat", "a dog"])
+    assert packed.shape == (2, 24 + 1, 32)
+    states, pooled = encoder.layout.split(packed)
+    torch.testing.assert_close(pooled, pooled_only.encode(["a cat", "a dog"]))
+    torch.testing.assert_close(encoder.null, encoder.encode([""]))
+    tiny_unet(cross_attention_dim=32).save_pretrained(tmp_path / "unet")
+    DDPMScheduler(prediction_type="epsilon").save_pretrained(tmp_path / "scheduler")
+    entry = TEACHERS.get("diffusers", "teacher.kind")
+    teacher = entry.builder(entry.options(path=str(tmp_path)), SimpleNamespace(text_encoder=encoder))
+    x_t = torch.randn(2, 2, 4, 4)
+    with torch.no_grad():
+        expected = teacher.backbone.model(x_t, torch.full((2,), 499.5), encoder_hidden_states=states).sample
+        torch.testing.assert_close(teacher.backbone(x_t, torch.full((2,), 499.5), packed), expected)
