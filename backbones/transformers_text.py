@@ -37,6 +37,7 @@ class TextModelOptions:
     hidden_layer: int | None = None
     max_length: int | None = None
     pooled: bool = True
+    mask_padding: bool = False
 
 
 @dataclass
@@ -145,12 +146,15 @@ class TransformersTextEncoder(nn.Module):
     def _encode_batch(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
         joined_features, joined_tokens, pooled = [], [], []
         for model, tokenizer, options in zip(self.models, self.tokenizers, self.options.encoders, strict=True):
-            ids = tokenizer(prompts, padding="max_length", max_length=options.max_length or tokenizer.model_max_length,
-                            truncation=True,
-                            return_tensors="pt").input_ids.to(self.options.device)
-            output = model(ids, output_hidden_states=options.hidden_layer is not None)
+            length = options.max_length or tokenizer.model_max_length
+            tokens = tokenizer(prompts, padding="max_length", max_length=length, truncation=True,
+                               return_tensors="pt").to(self.options.device)
+            mask = tokens.attention_mask if options.mask_padding else None
+            output = model(tokens.input_ids, attention_mask=mask, output_hidden_states=options.hidden_layer is not None)
             states = (output.last_hidden_state if options.hidden_layer is None
                       else output.hidden_states[options.hidden_layer])
+            if mask is not None:
+                states = states * mask[..., None].to(states)
             vector = getattr(output, "text_embeds", None)
             if vector is not None and options.pooled:
                 pooled.append(vector)

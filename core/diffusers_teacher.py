@@ -247,15 +247,27 @@ def locate_model(options: DiffusersTeacherOptions) -> ModelLocation:
     return ModelLocation(folder, subfolder, model_class)
 
 
-PIPELINE_TEXT_RULES = {          # pipeline class prefix: (the CLIP layer it reads, the T5 tokens it pads to)
-    "StableDiffusion3": (-2, 256),
-    "StableDiffusionXL": (-2, None),
+@dataclass(frozen=True)
+class PipelineTextRule:
+    """How a pipeline class reads its text encoders: CLIP's layer, T5's padded length, whether T5's padding is
+    masked (and its states zeroed)."""
+
+    clip_layer: int | None = None
+    t5_length: int | None = None
+    t5_masked: bool = False
+
+
+PIPELINE_TEXT_RULES = {          # pipeline class prefix: its rule
+    "StableDiffusion3": PipelineTextRule(-2, 256),
+    "StableDiffusionXL": PipelineTextRule(-2),
+    "Wan": PipelineTextRule(t5_length=512, t5_masked=True),
 }
 
 
 def pipeline_text_encoder(folder: Path) -> TransformersTextEncoder:
     """The text encoders a pipeline folder holds (text_encoder/, text_encoder_2/, ... with their tokenizers), read as
-    its pipeline class reads them: SD3 and SDXL take CLIP's penultimate layer, SD3 pads T5 to 256 tokens."""
+    its pipeline class reads them: SD3 and SDXL take CLIP's penultimate layer, SD3 pads T5 to 256 tokens, Wan to 512
+    with the padding masked."""
     names = [name for name in ("text_encoder", "text_encoder_2", "text_encoder_3")
              if (folder / name / "config.json").is_file()]
     if not names:
@@ -263,14 +275,16 @@ def pipeline_text_encoder(folder: Path) -> TransformersTextEncoder:
                           "set the run's text_encoder to kind transformers (its CLIP or T5 folders)")
     index = folder / "model_index.json"
     pipeline = json.loads(index.read_text()).get("_class_name", "") if index.is_file() else ""
-    clip_layer, t5_length = next((rule for prefix, rule in PIPELINE_TEXT_RULES.items() if pipeline.startswith(prefix)),
-                                 (None, None))
+    rule = next((rule for prefix, rule in PIPELINE_TEXT_RULES.items() if pipeline.startswith(prefix)),
+                PipelineTextRule())
     encoders = []
     for name in names:
         model_type = json.loads((folder / name / "config.json").read_text()).get("model_type", "")
+        t5 = model_type in ("t5", "umt5")
         encoders.append(TextModelOptions(name, name.replace("text_encoder", "tokenizer"),
-                                         hidden_layer=clip_layer if model_type.startswith("clip") else None,
-                                         max_length=t5_length if model_type == "t5" else None))
+                                         hidden_layer=rule.clip_layer if model_type.startswith("clip") else None,
+                                         max_length=rule.t5_length if t5 else None,
+                                         mask_padding=rule.t5_masked and t5))
     return TransformersTextEncoder(TransformersTextOptions(str(folder), encoders))
 
 

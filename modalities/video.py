@@ -164,4 +164,4 @@ class VideoModality(Modality):
 
 MODALITIES.register("video", VideoOptions)(
     lambda options, context: VideoModality(options, context.teacher, getattr(context, "data_shape", None),
-                                           context.text_encoder))
+                                           getattr(context, "text_encoder", None)))

@@ -64,12 +64,14 @@ def clip_text_model(width: int = WIDTH, projection: int | None = None, seed: int
     return CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config)
 
 
-def t5_text_model(width: int = 24):
-    from transformers import T5Config, T5EncoderModel
+def t5_text_model(width: int = 24, umt5: bool = False):
+    """A T5 encoder (UMT5's, as Wan's, with `umt5`)."""
+    from transformers import T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel
 
     torch.manual_seed(2)
-    return T5EncoderModel(T5Config(vocab_size=3 + len(CHARACTERS), d_model=width, d_kv=8, d_ff=2 * width,
-                                   num_layers=1, num_heads=2))
+    config_class, model_class = (UMT5Config, UMT5EncoderModel) if umt5 else (T5Config, T5EncoderModel)
+    return model_class(config_class(vocab_size=3 + len(CHARACTERS), d_model=width, d_kv=8, d_ff=2 * width,
+                                    num_layers=1, num_heads=2))
 
 
 def tiny_unet(prediction_channels: int = 2, cross_attention_dim: int = WIDTH):
@@ -170,7 +172,7 @@ def save_sd3_pipeline(folder: Path) -> Path:
 
 def save_wan_like(folder: Path) -> Path:
     """A Wan folder's parts: a video transformer on 2x3x4x4 latents attending to a T5's 24-wide tokens, Wan's
-    UniPC scheduler on flow sigmas with a flow shift, and a Wan VAE from grey 5x8x8 clips to those latents."""
+    UniPC scheduler on flow sigmas with a flow shift, a Wan VAE from grey 5x8x8 clips to those latents, and UMT5."""
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
 
     torch.manual_seed(0)
@@ -183,6 +185,22 @@ def save_wan_like(folder: Path) -> Path:
     AutoencoderKLWan(base_dim=8, z_dim=2, dim_mult=[1, 2], num_res_blocks=1, temperal_downsample=[True],
                      latents_mean=[0.1, -0.2], latents_std=[2.0, 0.5], in_channels=1, out_channels=1
                      ).save_pretrained(folder / "vae")
-    t5_text_model(24).save_pretrained(folder / "text_encoder")
+    t5_text_model(24, umt5=True).save_pretrained(folder / "text_encoder")
     t5_tokenizer(folder / "tokenizer")
     return folder
+
+
+def save_wan_pipeline(folder: Path) -> Path:
+    """A WanPipeline folder (model_index.json) of the Wan-like parts, its scheduler FlowMatchEuler as Wan's own."""
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+    from transformers import AutoTokenizer, UMT5EncoderModel
+
+    parts = save_wan_like(folder / "parts")
+    WanPipeline(
+        tokenizer=AutoTokenizer.from_pretrained(parts, subfolder="tokenizer"),
+        text_encoder=UMT5EncoderModel.from_pretrained(parts, subfolder="text_encoder"),
+        transformer=WanTransformer3DModel.from_pretrained(parts, subfolder="transformer"),
+        vae=AutoencoderKLWan.from_pretrained(parts, subfolder="vae"),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+    ).save_pretrained(folder / "pipeline")
+    return folder / "pipeline"

@@ -3,7 +3,8 @@ Stable-Diffusion-like teacher exports as a StableDiffusionPipeline folder whose 
 adapters merged (no peft left), and that pipeline's one-step sample is the student's own; an unconditional UNet
 student exports as a DDIMPipeline that samples as the student does; an SD3 pipeline folder's student, distilled
 from its path alone (its own text encoders read as the pipeline reads them), exports as a StableDiffusion3Pipeline
-whose flow-matching scheduler samples as the student; what cannot export is named."""
+whose flow-matching scheduler samples as the student, and a Wan folder's as a WanPipeline; what cannot export is
+named."""
 
 import json
 from types import SimpleNamespace
@@ -17,8 +18,9 @@ from diffusers import (
     StableDiffusion3Pipeline,
     StableDiffusionPipeline,
     UNet2DModel,
+    WanPipeline,
 )
-from diffusers_fixtures import perturb, save_sd3_pipeline, save_sd_like
+from diffusers_fixtures import perturb, save_sd3_pipeline, save_sd_like, save_wan_pipeline
 
 from potstill.cli import main
 from potstill.core.config import load_config
@@ -169,6 +171,42 @@ def test_an_sd3_students_pipeline_samples_as_the_student(sd3_exported):
                           latents=noise, output_type="pt").images
     torch.testing.assert_close(latents, expected, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(images * 2 - 1, run.modality.decode(expected).clamp(-1, 1), rtol=1e-4, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def wan_exported(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("wan_export")
+    pipeline_folder = save_wan_pipeline(folder)
+    distill(load_config(data={
+        "modality": {"kind": "video", "classifier": None, "prompts": PROMPTS},
+        "teacher": {"kind": "diffusers", "path": str(pipeline_folder), "sample_shape": [2, 3, 4, 4]},
+        "generator": {"kind": "denoiser", "times": [1.0], "lora": {**LORA, "target_modules": ["to_q", "to_v"]}},
+        "fake_score": {"kind": "teacher_copy", "lora": {**LORA, "target_modules": ["to_q", "to_v"]}},
+        "objective": "dmd2",
+        "train": QUICK,
+        "eval": {"n_samples": 4, "batch_size": 4},
+    }), folder / "run")
+    main(["export", str(folder / "run"), "--diffusers", str(folder / "out")])
+    return folder
+
+
+def test_a_wan_folders_t5_is_read_as_wans_pipeline_reads_it_and_its_student_samples_through_it(wan_exported):
+    run = open_run(wan_exported / "run", "cpu")
+    pipeline = WanPipeline.from_pretrained(wan_exported / "pipeline", local_files_only=True)
+    with torch.no_grad():
+        states, null_states = pipeline.encode_prompt(PROMPTS, do_classifier_free_guidance=True,
+                                                     max_sequence_length=512)      # what its __call__ passes
+    torch.testing.assert_close(run.text_encoder.encode(PROMPTS), states)
+    torch.testing.assert_close(run.text_encoder.null.expand(2, -1, -1), null_states)
+    record = json.loads((wan_exported / "out" / "potstill_student.json").read_text())
+    assert record["pipeline_class"] == "WanPipeline" and record["sigmas"] == [1.0]
+    exported = WanPipeline.from_pretrained(wan_exported / "out", local_files_only=True)
+    noise = torch.randn(2, 2, 3, 4, 4, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        expected = run.ema.model.sample(noise, run.text_encoder.encode(PROMPTS))
+        latents = exported(PROMPTS, height=16, width=16, num_frames=5, num_inference_steps=1,  # sides: its check
+                           guidance_scale=record["guidance_scale"], latents=noise, output_type="latent").frames
+    torch.testing.assert_close(latents, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_what_cannot_export_is_named():
