@@ -20,7 +20,7 @@ from diffusers import (
 from diffusers_fixtures import save_pixart_like, save_sd3_like, save_wan_like
 
 from potstill.core.config import ConfigError, load_config
-from potstill.core.diffusers_teacher import load_scheduler_schedule
+from potstill.core.diffusers_schedule import load_scheduler_schedule
 from potstill.core.diffusers_vae import DiffusersVAECodec, DiffusersVAEOptions
 from potstill.core.distiller import Distiller
 from potstill.core.schedules import FlowSchedule
