@@ -4,7 +4,6 @@ weights from a local checkpoint file (never a download), pooled prompt embedding
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from potstill.backbones.prompt_cache import PromptCache
 from potstill.backbones.transformers_text import TextLayout
 from potstill.core.config import load_component
 from potstill.core.registry import TEXT_ENCODERS
@@ -81,7 +81,7 @@ class OpenClipTextEncoder(nn.Module):
                                                  context_length=self.clip.positional_embedding.shape[0])
         pooled_dim = int(self.clip.text_projection.shape[-1]) if self.clip.text_projection is not None else \
             int(self.clip.positional_embedding.shape[-1])
-        self.cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.cache = PromptCache(options.cache_size)
         self.layout = None
         self.dim = pooled_dim
         if options.tokens:
@@ -116,20 +116,9 @@ class OpenClipTextEncoder(nn.Module):
         return torch.cat(chunks)
 
     def encode(self, prompts: list[str]) -> torch.Tensor:
-        """Pooled embeddings of the prompts, computing only those not in the cache."""
-        missing = list(dict.fromkeys(p for p in prompts if p not in self.cache))
-        if missing:
-            for prompt, row in zip(missing, self._compute(missing), strict=True):
-                self.cache[prompt] = row
-        rows = []
-        for prompt in prompts:
-            self.cache.move_to_end(prompt)
-            rows.append(self.cache[prompt])
-        while len(self.cache) > self.options.cache_size:
-            self.cache.popitem(last=False)
-        if rows:
-            return torch.stack(rows)
-        return torch.zeros(0, *self.null.shape[1:]) if self.layout is not None else torch.zeros(0, self.dim)
+        """Pooled embeddings of the prompts (packed token states with `tokens`), computing only those not cached."""
+        row_shape = tuple(self.null.shape[1:]) if self.layout is not None else (self.dim,)
+        return self.cache.rows(prompts, self._compute, row_shape)
 
 
 TEXT_ENCODERS.register("open_clip", OpenClipTextOptions)(lambda options, context: OpenClipTextEncoder(options))

@@ -9,7 +9,6 @@ double for guidance as any tensor does; `TextLayout.split` takes it apart."""
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -19,6 +18,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from potstill.backbones.prompt_cache import PromptCache
 from potstill.core.config import AT_LEAST_1, RULES, ConfigError, Rule
 from potstill.core.pretrained import load_pretrained
 from potstill.core.registry import TEXT_ENCODERS
@@ -134,7 +134,7 @@ class TransformersTextEncoder(nn.Module):
         loaded = [load_text_model(folder, o, f"text_encoder.encoders[{i}]") for i, o in enumerate(options.encoders)]
         self.models = nn.ModuleList([model for model, _ in loaded]).to(options.device)
         self.tokenizers = [tokenizer for _, tokenizer in loaded]
-        self.cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.cache = PromptCache(options.cache_size)
         states, pooled = self._encode_batch([""])
         self.layout = TextLayout(states.shape[1], states.shape[2], 0 if pooled is None else pooled.shape[1])
         self.dim = self.layout.dim
@@ -164,20 +164,14 @@ class TransformersTextEncoder(nn.Module):
         states = torch.cat([F.pad(p, (0, width - p.shape[-1])) for p in parts], dim=1)
         return states.float().cpu(), torch.cat(pooled, dim=-1).float().cpu() if pooled else None
 
+    def _compute(self, prompts: list[str]) -> torch.Tensor:
+        chunks = [self.layout.pack(*self._encode_batch(prompts[start : start + self.options.batch_size]))
+                  for start in range(0, len(prompts), self.options.batch_size)]
+        return torch.cat(chunks)
+
     def encode(self, prompts: list[str]) -> torch.Tensor:
         """Packed conditions of the prompts, computing only those not in the cache."""
-        missing = list(dict.fromkeys(p for p in prompts if p not in self.cache))
-        for start in range(0, len(missing), self.options.batch_size):
-            chunk = missing[start : start + self.options.batch_size]
-            for prompt, row in zip(chunk, self.layout.pack(*self._encode_batch(chunk)), strict=True):
-                self.cache[prompt] = row
-        rows = []
-        for prompt in prompts:
-            self.cache.move_to_end(prompt)
-            rows.append(self.cache[prompt])
-        while len(self.cache) > self.options.cache_size:
-            self.cache.popitem(last=False)
-        return torch.stack(rows) if rows else torch.zeros(0, *self.null.shape[1:])
+        return self.cache.rows(prompts, self._compute, tuple(self.null.shape[1:]))
 
 
 TEXT_ENCODERS.register("transformers", TransformersTextOptions)(
