@@ -60,19 +60,18 @@ class DiffusersVAECodec(Codec):
         self.options = options
         self.video = hasattr(config, "temperal_downsample")
         if self.video:
-            channels = len(config.latents_mean)
             shift, scale = torch.tensor(config.latents_mean), 1 / torch.tensor(config.latents_std)
             self.factor, self.temporal = 2 ** (len(config.dim_mult) - 1), 2 ** sum(config.temperal_downsample)
             self.data_channels, self.latent_channels = config.in_channels, config.z_dim
+            if len(shift) != self.latent_channels:
+                raise ConfigError(f"codec.path: the VAE's latents_mean has {len(shift)} entries for "
+                                  f"{self.latent_channels} latent channels")
         else:
             channels = config.latent_channels
             shift = torch.full((channels,), float(getattr(config, "shift_factor", None) or 0.0))
             scale = torch.full((channels,), float(config.scaling_factor))
             self.factor, self.temporal = 2 ** (len(config.block_out_channels) - 1), 1
-            self.data_channels, self.latent_channels = config.in_channels, config.latent_channels
-        if len(shift) != self.latent_channels:
-            raise ConfigError(f"codec.path: the VAE's latents_mean has {channels} entries for {self.latent_channels} "
-                              "latent channels")
+            self.data_channels, self.latent_channels = config.in_channels, channels
         self.register_buffer("shift", shift, persistent=False)
         self.register_buffer("scale", scale, persistent=False)
 

@@ -11,7 +11,7 @@ import torch
 
 from potstill.core.config import load_config
 from potstill.core.distiller import BuildContext, build_frozen_parts
-from potstill.core.engine import PlainEngine, PlainOptions
+from potstill.core.engine import PlainEngine
 from potstill.data.embed import AddedFieldSummary, FieldRecipe, add_field_to_shards, shard_targets
 from potstill.data.fields import first_present
 from potstill.data.webdataset_source import WebDatasetOptions, build_decoder
@@ -20,7 +20,7 @@ from potstill.data.webdataset_source import WebDatasetOptions, build_decoder
 def run_codec_and_decoder(config_path: Path):
     """The run's codec and its real data's per-sample decoder, sized to the data the codec encodes."""
     config = load_config(config_path, ["engine=plain", "engine.device=cpu"])
-    context = BuildContext(config, PlainEngine(PlainOptions("cpu"), config.train))
+    context = BuildContext(config, PlainEngine(config.engine.options, config.train))
     build_frozen_parts(context)
     if context.codec is None:
         raise ValueError(f"--config {config_path}: the run has no codec (a codec section, or a diffusers teacher "

@@ -129,20 +129,26 @@ def test_an_unconditional_unet_student_exports_as_a_ddim_pipeline(tmp_path):
                                rtol=1e-4, atol=1e-5)
 
 
+def path_alone_and_exported(pipeline_folder, folder, modality: str, **teacher) -> None:
+    """DMD2 with LoRA on the attention's q and v, from the pipeline folder's path alone, into folder/run; exported to
+    folder/out."""
+    lora = {**LORA, "target_modules": ["to_q", "to_v"]}
+    distill(load_config(data={
+        "modality": {"kind": modality, "classifier": None, "prompts": PROMPTS},
+        "teacher": {"kind": "diffusers", "path": str(pipeline_folder), **teacher},
+        "generator": {"kind": "denoiser", "times": [1.0], "lora": lora},
+        "fake_score": {"kind": "teacher_copy", "lora": lora},
+        "objective": "dmd2",
+        "train": QUICK,
+        "eval": {"n_samples": 4, "batch_size": 4},
+    }), folder / "run")
+    main(["export", str(folder / "run"), "--diffusers", str(folder / "out")])
+
+
 @pytest.fixture(scope="module")
 def sd3_exported(tmp_path_factory):
     folder = tmp_path_factory.mktemp("sd3_export")
-    pipeline_folder = save_sd3_pipeline(folder)
-    distill(load_config(data={
-        "modality": {"kind": "image", "classifier": None, "prompts": PROMPTS},
-        "teacher": {"kind": "diffusers", "path": str(pipeline_folder)},
-        "generator": {"kind": "denoiser", "times": [1.0], "lora": {**LORA, "target_modules": ["to_q", "to_v"]}},
-        "fake_score": {"kind": "teacher_copy", "lora": {**LORA, "target_modules": ["to_q", "to_v"]}},
-        "objective": "dmd2",
-        "train": QUICK,
-        "eval": {"n_samples": 8, "batch_size": 8},
-    }), folder / "run")
-    main(["export", str(folder / "run"), "--diffusers", str(folder / "out")])
+    path_alone_and_exported(save_sd3_pipeline(folder), folder, "image")
     return folder
 
 
@@ -176,17 +182,7 @@ def test_an_sd3_students_pipeline_samples_as_the_student(sd3_exported):
 @pytest.fixture(scope="module")
 def wan_exported(tmp_path_factory):
     folder = tmp_path_factory.mktemp("wan_export")
-    pipeline_folder = save_wan_pipeline(folder)
-    distill(load_config(data={
-        "modality": {"kind": "video", "classifier": None, "prompts": PROMPTS},
-        "teacher": {"kind": "diffusers", "path": str(pipeline_folder), "sample_shape": [2, 3, 4, 4]},
-        "generator": {"kind": "denoiser", "times": [1.0], "lora": {**LORA, "target_modules": ["to_q", "to_v"]}},
-        "fake_score": {"kind": "teacher_copy", "lora": {**LORA, "target_modules": ["to_q", "to_v"]}},
-        "objective": "dmd2",
-        "train": QUICK,
-        "eval": {"n_samples": 4, "batch_size": 4},
-    }), folder / "run")
-    main(["export", str(folder / "run"), "--diffusers", str(folder / "out")])
+    path_alone_and_exported(save_wan_pipeline(folder), folder, "video", sample_shape=[2, 3, 4, 4])
     return folder
 
 
