@@ -54,7 +54,10 @@ class OptimGroup:
 class TrainConfig:
     """The alternating loop: `generator_every` steps per generator update, critic updates every step.
     `batch_size` is the global batch of one optimizer step, split over ranks and `grad_accum` micro-batches.
-    `sample_every` / `checkpoint_every` 0: only the grid and checkpoint written at the end of the run."""
+    `sample_every` / `checkpoint_every` 0: only the grid and checkpoint written at the end of the run.
+    `precision`: fp32; bf16_autocast (fp32 weights, matrix products in bfloat16); bf16 (DeepSpeed: bfloat16
+    parameters and gradients, fp32 master weights and Adam moments in the optimizer partitions).
+    `teacher_dtype` / `ema_dtype`: what the frozen teacher and the student's EMA are held in."""
 
     steps: int = 1000
     batch_size: int = 64
@@ -65,7 +68,9 @@ class TrainConfig:
     discriminator_every: int = 1
     seed: int = 0
     ema_decay: float = 0.999
-    bf16: bool = False
+    precision: Literal["fp32", "bf16", "bf16_autocast"] = "fp32"
+    teacher_dtype: Literal["fp32", "bf16"] = "fp32"
+    ema_dtype: Literal["fp32", "bf16"] = "fp32"
     log_every: int = 10
     sample_every: int = 0
     checkpoint_every: int = 0

@@ -23,7 +23,9 @@ from potstill.core.engine import (
     Part,
     Trainable,
     adamw_groups,
+    cast_parameters,
     check_finite_loss,
+    feed_norms_their_dtype,
     resolve_device,
 )
 from potstill.core.registry import ENGINES
@@ -103,8 +105,9 @@ class DeepSpeedEngine(Engine):
             torch.cuda.set_device(self.device)
         self._frozen_engines: list[Any] = []
 
-    def _config(self, stage: int, grad_clip: float | None) -> dict:
+    def _config(self, stage: int, grad_clip: float | None, bf16: bool) -> dict:
         ours = {
+            "bf16": {"enabled": bf16},
             "train_micro_batch_size_per_gpu": self.micro_batch,
             "gradient_accumulation_steps": self.train.grad_accum,
             "gradient_clipping": grad_clip or 0.0,
@@ -120,15 +123,20 @@ class DeepSpeedEngine(Engine):
         clips = [p.optim.grad_clip for p in parts if p.optim.grad_clip]
         module = parts[0].module if len(parts) == 1 else nn.ModuleDict({p.name: p.module for p in parts})
         engine, *_ = self.deepspeed.initialize(model=module, optimizer=torch.optim.AdamW(adamw_groups(parts)),
-                                               config=self._config(self.options.zero_stage, min(clips, default=None)))
+                                               config=self._config(self.options.zero_stage, min(clips, default=None),
+                                                                   self.train.precision == "bf16"))
+        feed_norms_their_dtype(module, self.device)
         return Trainable(name, parts, engine)
 
-    def prepare_frozen(self, name: str, module: nn.Module, shard: bool) -> nn.Module:
+    def prepare_frozen(self, name: str, module: nn.Module, shard: bool,
+                       dtype: torch.dtype = torch.float32) -> nn.Module:
         module = module.to(self.device)
         if shard and any(True for _ in module.parameters()):
-            engine, *_ = self.deepspeed.initialize(model=module, config=self._config(3, None))
+            engine, *_ = self.deepspeed.initialize(model=module, config=self._config(3, None, dtype == torch.bfloat16))
             self._frozen_engines.append(engine)
-        return module
+            feed_norms_their_dtype(module, self.device)
+            return module
+        return cast_parameters(module, dtype, self.device)
 
     def partitions_trained(self) -> bool:
         return self.options.zero_stage == 3

@@ -4,6 +4,7 @@ hook for discriminator heads. Teacher, fake score and student initialisation are
 
 from __future__ import annotations
 
+import contextlib
 from typing import Literal
 
 import torch
@@ -34,7 +35,20 @@ class Denoiser(nn.Module):
         self.sample_shape = tuple(sample_shape)
         self.num_classes = num_classes
 
+    def _backbone_precision(self) -> contextlib.AbstractContextManager:
+        """A backbone held in bfloat16 (a teacher or EMA with `train.*_dtype: bf16`, a student under DeepSpeed
+        bf16) computes under bf16 autocast, so fp32 inputs meet it in any caller; others run as called."""
+        low = next((p for p in self.backbone.parameters() if p.dtype == torch.bfloat16), None)
+        if low is None:
+            return contextlib.nullcontext()
+        return torch.autocast(low.device.type, dtype=torch.bfloat16)
+
     def _raw(self, x_t: torch.Tensor, t: torch.Tensor, cond, features: list[int] | None, **backbone_kwargs):
+        with self._backbone_precision():
+            return self._precondition(x_t, t, cond, features, **backbone_kwargs)
+
+    def _precondition(self, x_t: torch.Tensor, t: torch.Tensor, cond, features: list[int] | None,
+                      **backbone_kwargs):
         s = self.schedule
         if self.prediction == "edm":
             alpha = per_sample(s.alpha(t), x_t)

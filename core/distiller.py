@@ -21,7 +21,7 @@ from potstill.core.config import RunConfig, to_dict
 from potstill.core.config_changes import write_config_file
 from potstill.core.denoiser import Denoiser
 from potstill.core.ema import EMA
-from potstill.core.engine import Engine, NonFiniteError, Part, Trainable
+from potstill.core.engine import DTYPES, Engine, NonFiniteError, Part, Trainable
 from potstill.core.evaluation import evaluate_generator, evaluate_teacher
 from potstill.core.generator import Generator
 from potstill.core.lora import shared_keys
@@ -152,8 +152,11 @@ class Distiller(StepLoop):
         if config.train.activation_checkpointing:
             enable_activation_checkpointing([m for m in (self.generator, self.fake_score) if has_parameters(m)])
         self._prepare_training()
-        self.teacher = self.engine.prepare_frozen("teacher", self.teacher, config.teacher.shard)
-        self.ema.model = self.engine.prepare_frozen("generator_ema", self.ema.model, self.engine.partitions_trained())
+        train = config.train
+        self.teacher = self.engine.prepare_frozen("teacher", self.teacher, config.teacher.shard,
+                                                  DTYPES[train.teacher_dtype])
+        self.ema.model = self.engine.prepare_frozen("generator_ema", self.ema.model, self.engine.partitions_trained(),
+                                                    DTYPES[train.ema_dtype])
         self.step = 0
         self.last_generator_step: int | None = None
 

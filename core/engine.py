@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from potstill.core import parallel
-from potstill.core.config import OptimConfig, TrainConfig
+from potstill.core.config import ConfigError, OptimConfig, TrainConfig
 from potstill.core.registry import ENGINES
 
 
@@ -56,6 +56,37 @@ def adamw_groups(parts: list[Part]) -> list[dict]:
         groups.append({"params": params, "lr": o.lr, "betas": tuple(o.betas), "weight_decay": o.weight_decay,
                        "eps": o.eps})
     return groups
+
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+NORMS = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.modules.batchnorm._NormBase)
+
+
+def _input_in_weight_dtype(layer: nn.Module, args: tuple) -> tuple:
+    return (args[0].to(layer.weight.dtype), *args[1:])
+
+
+def feed_norms_their_dtype(module: nn.Module, device: torch.device) -> None:
+    """On a CPU, the bf16 norm layers of a model take their input in bf16: CPU autocast leaves layer_norm and
+    group_norm to the caller, and they refuse an fp32 input with bf16 weights (CUDA autocast runs them in fp32)."""
+    if device.type != "cpu":
+        return
+    for sub in module.modules():
+        weight = getattr(sub, "weight", None)
+        if isinstance(sub, NORMS) and weight is not None and weight.dtype == torch.bfloat16:
+            sub.register_forward_pre_hook(_input_in_weight_dtype)
+
+
+def cast_parameters(module: nn.Module, dtype: torch.dtype, device: torch.device) -> nn.Module:
+    """A model's floating parameters in `dtype`; its buffers keep theirs (schedule tables and student times stay
+    exact), as DeepSpeed's own mixed-precision cast does."""
+    for parameter in module.parameters():
+        if parameter.is_floating_point():
+            parameter.data = parameter.data.to(dtype)
+    feed_norms_their_dtype(module, device)
+    return module
 
 
 def check_finite_loss(loss: torch.Tensor, what: str, step: int) -> None:
@@ -110,8 +141,10 @@ class Engine(ABC):
         """Optimizer (one parameter group per part) and, for DeepSpeed, the engine around the parts."""
 
     @abstractmethod
-    def prepare_frozen(self, name: str, module: nn.Module, shard: bool) -> nn.Module:
-        """A frozen model on the device; with `shard`, partitioned across ranks (ZeRO stage 3)."""
+    def prepare_frozen(self, name: str, module: nn.Module, shard: bool,
+                       dtype: torch.dtype = torch.float32) -> nn.Module:
+        """A frozen model on the device with its parameters in `dtype`; with `shard`, partitioned across ranks
+        (ZeRO stage 3)."""
 
     @abstractmethod
     def backward(self, trainable: Trainable, loss: torch.Tensor, what: str) -> None:
@@ -123,7 +156,9 @@ class Engine(ABC):
         whole Trainable, clipped jointly)."""
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        if not self.train.bf16:
+        """bfloat16 matrix products in every mode but fp32 (with bf16 parameters, autocast is also what lets them
+        meet the fp32 noise and data)."""
+        if self.train.precision == "fp32":
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
@@ -223,13 +258,17 @@ class PlainEngine(Engine):
 
     def __init__(self, options: PlainOptions | None = None, train: TrainConfig | None = None) -> None:
         super().__init__(train)
+        if self.train.precision == "bf16":
+            raise ConfigError("train.precision: bf16 (bf16 parameters, fp32 master weights in the optimizer) is "
+                              "DeepSpeed's (engine.kind: deepspeed); the plain engine offers bf16_autocast")
         self.device = resolve_device((options or PlainOptions()).device)
 
     def prepare(self, name: str, parts: list[Part]) -> Trainable:
         return Trainable(name, parts, torch.optim.AdamW(adamw_groups(parts)))
 
-    def prepare_frozen(self, name: str, module: nn.Module, shard: bool) -> nn.Module:
-        return module.to(self.device)
+    def prepare_frozen(self, name: str, module: nn.Module, shard: bool,
+                       dtype: torch.dtype = torch.float32) -> nn.Module:
+        return cast_parameters(module.to(self.device), dtype, self.device)
 
     def backward(self, trainable: Trainable, loss: torch.Tensor, what: str) -> None:
         check_finite_loss(loss, what, self.step_index)
