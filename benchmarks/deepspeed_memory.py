@@ -1,11 +1,13 @@
 """Per-rank memory and step time of a DMD2 step on a large DiT: 1 process on the plain engine against
-2 ranks on DeepSpeed ZeRO-3 with the teacher sharded (teacher, fake score and one-step student the same
-DiT, as in real distillation). Each setting runs in its own processes, one after the other.
+DeepSpeed ZeRO-3 with the teacher sharded on 1 and 2 ranks, in fp32 and in bf16 (`train.precision: bf16`)
+(teacher, fake score and one-step student the same DiT, as in real distillation). Each setting runs in its own
+processes, one after the other.
 
     python benchmarks/deepspeed_memory.py [--hidden 768] [--depth 16] [--batch 4] [--steps 3]
 
 Reports per rank: teacher bytes held, bytes of all models held, peak resident memory while building
-and while stepping (CPU: VmHWM, reset after set-up; GPU: max allocated), and seconds per step.
+and while stepping (CPU: VmHWM, reset after set-up; GPU: max allocated), and seconds per step; and, from the
+DeepSpeed runs on 1 and 2 ranks, a prediction for 4 and 8 ranks (memory = shared + split / N).
 Writes benchmarks/results/deepspeed_memory.json and .md."""
 
 from __future__ import annotations
@@ -70,7 +72,8 @@ def worker(args: argparse.Namespace) -> None:
         "fake_score": "teacher_copy",
         "objective": "dmd2",
         "engine": engine,
-        "train": {"batch_size": args.batch, "generator_every": 1, "steps": 10**9, "progress": False},
+        "train": {"batch_size": args.batch, "generator_every": 1, "steps": 10**9, "progress": False,
+                  "precision": args.precision},
         "optim": {"generator": {"lr": 1e-5}, "fake_score": {"lr": 1e-5}},
     })
     distiller = Distiller(config)
@@ -88,14 +91,19 @@ def worker(args: argparse.Namespace) -> None:
     models = [distiller.teacher, distiller.generator, distiller.fake_score, distiller.ema.model]
     teacher_held, teacher_total = e.parameter_share(distiller.teacher)
     row = {
-        "engine": args.engine, "ranks": e.world_size, "rank": e.rank,
+        "engine": args.engine, "precision": args.precision, "ranks": e.world_size, "rank": e.rank,
         "teacher_parameters": teacher_total, "teacher_bytes_held": 4 * teacher_held,
-        "model_bytes_held": 4 * sum(e.parameter_share(m)[0] for m in models),
+        "model_bytes_held": sum(held_parameter_bytes(m) for m in models),
         "build_peak_bytes": build_peak, "steady_bytes": held_bytes(), "step_peak_bytes": step_peak,
         "sec_per_step": seconds,
     }
     Path(args.out).with_name(f"{Path(args.out).stem}_rank{e.rank}.json").write_text(json.dumps(row))
     e.close()
+
+
+def held_parameter_bytes(module: torch.nn.Module) -> int:
+    """Bytes of the parameters this rank holds (a ZeRO-3 partition, or the whole tensor), in their own dtype."""
+    return sum(getattr(p, "ds_tensor", p).numel() * p.element_size() for p in module.parameters())
 
 
 def free_port() -> int:
@@ -104,18 +112,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_setting(engine: str, teacher: Path, folder: Path, args: argparse.Namespace) -> list[dict]:
+def run_setting(engine: str, ranks: int, precision: str, teacher: Path, folder: Path,
+                args: argparse.Namespace) -> list[dict]:
+    name = f"{engine}_{ranks}_{precision}"
     script = [str(Path(__file__).resolve()), "--worker", "--engine", engine, "--teacher", str(teacher),
-              "--batch", str(args.batch), "--steps", str(args.steps), "--out", str(folder / f"{engine}.json")]
+              "--batch", str(args.batch), "--steps", str(args.steps), "--precision", precision,
+              "--out", str(folder / f"{name}.json")]
     if engine == "deepspeed":
-        command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port",
+        command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks), "--master_port",
                    str(free_port()), *script]
     else:
         command = [sys.executable, *script]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode:
-        raise SystemExit(f"{engine} run failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
-    return [json.loads(p.read_text()) for p in sorted(folder.glob(f"{engine}_rank*.json"))]
+        raise SystemExit(f"{name} run failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
+    return [json.loads(p.read_text()) for p in sorted(folder.glob(f"{name}_rank*.json"))]
+
+
+def predicted(rows: list[dict], precision: str, key: str) -> dict[int, float]:
+    """`key` per rank at 4 and 8 ranks from the DeepSpeed runs on 1 and 2: shared + split / N through both (a
+    prediction: communication buffers that grow with N are not in it)."""
+    one = max(r[key] for r in rows if r["engine"] == "deepspeed" and r["ranks"] == 1 and r["precision"] == precision)
+    two = max(r[key] for r in rows if r["engine"] == "deepspeed" and r["ranks"] == 2 and r["precision"] == precision)
+    split = 2 * (one - two)
+    return {n: one - split + split / n for n in (4, 8)}
 
 
 def write_results(rows: list[dict], meta: dict) -> None:
@@ -129,15 +149,23 @@ def write_results(rows: list[dict], meta: dict) -> None:
              "held between steps (GiB) | peak while stepping (GiB) | s/step |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        setting = "plain, 1 process" if r["engine"] == "plain" else f"DeepSpeed ZeRO-3, {r['ranks']} ranks"
+        setting = ("plain, 1 process" if r["engine"] == "plain"
+                   else f"DeepSpeed ZeRO-3, {r['ranks']} rank{'s' if r['ranks'] > 1 else ''}, {r['precision']}")
         lines.append(f"| {setting} | {r['rank']} | {r['teacher_bytes_held'] / gib:.3f} | "
                      f"{r['model_bytes_held'] / gib:.3f} | {r['build_peak_bytes'] / gib:.2f} | "
                      f"{r['steady_bytes'] / gib:.2f} | "
                      f"{r['step_peak_bytes'] / gib:.2f} | {r['sec_per_step']:.2f} |")
-    ds = [r for r in rows if r["engine"] == "deepspeed"]
+    ds = [r for r in rows if r["engine"] == "deepspeed" and r["ranks"] == 2 and r["precision"] == "fp32"]
+    lines += ["", "Predicted per rank at 4 and 8 ranks (GiB; from the 1- and 2-rank DeepSpeed rows as shared + "
+              "split / N):", "", "| precision | quantity | 4 ranks | 8 ranks |", "|---|---|---|---|"]
+    for precision in sorted({r["precision"] for r in rows if r["engine"] == "deepspeed"}):
+        for key, label in (("build_peak_bytes", "peak while building"), ("steady_bytes", "held between steps"),
+                           ("step_peak_bytes", "peak while stepping")):
+            guess = predicted(rows, precision, key)
+            lines.append(f"| {precision} | {label} | {guess[4] / gib:.2f} | {guess[8] / gib:.2f} |")
     lines += ["", f"Teacher share per rank: {ds[0]['teacher_bytes_held'] / plain['teacher_bytes_held']:.3f} of the "
               f"whole; held between steps per rank: {max(r['steady_bytes'] for r in ds) / plain['steady_bytes']:.2f} "
-              f"of the single process's; stepping peak: "
+              f"of the single process's; stepping peak: (2 ranks, fp32) "
               f"{max(r['step_peak_bytes'] for r in ds) / plain['step_peak_bytes']:.2f}; step time ratio "
               "(2 ranks / 1 process): "
               f"{max(r['sec_per_step'] for r in ds) / plain['sec_per_step']:.2f}.",
@@ -162,6 +190,7 @@ def main() -> None:
     parser.add_argument("--engine", choices=["plain", "deepspeed"], help=argparse.SUPPRESS)
     parser.add_argument("--teacher", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
     parser.add_argument("--local_rank", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -172,7 +201,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         teacher = write_teacher(folder, network)
-        rows = run_setting("plain", teacher, folder, args) + run_setting("deepspeed", teacher, folder, args)
+        settings = [("plain", 1, "fp32")] + [("deepspeed", n, p) for p in ("fp32", "bf16") for n in (1, 2)]
+        rows = [row for setting in settings for row in run_setting(*setting, teacher, folder, args)]
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor() or 'x86'})"
     write_results(rows, {"batch": args.batch, "steps": args.steps, "device": device, "network": vars(network),
                          "torch": torch.__version__})

@@ -43,7 +43,7 @@ class CausalRolloutOptions:
 def build_causal_rollout(options: CausalRolloutOptions, context) -> CausalRolloutGenerator:
     if options.chunk_frames < 1:
         raise ValueError(f"generator.chunk_frames: must be at least 1, got {options.chunk_frames}")
-    student = copy_teacher(context.teacher, "generator.kind")
+    student = copy_teacher(context, "generator.kind")
     if not hasattr(student.backbone, "new_cache"):
         raise ValueError(f"generator.kind: causal_rollout needs a causal backbone (video_dit); the teacher's is "
                          f"{type(student.backbone).__name__}")

@@ -29,6 +29,7 @@ from potstill.core.engine import (
     resolve_device,
 )
 from potstill.core.registry import ENGINES
+from potstill.core.zero_build import copy_module, is_partitioned
 
 DEEPSPEED_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "deepspeed"
 CHECKPOINT_FOLDER = "deepspeed"
@@ -66,10 +67,6 @@ def skip_inference_shm_op(deepspeed: Any) -> None:
     start killed mid-build leaves a lock on which every later start waits forever. The op serves only
     `inference_all_reduce`, which training never calls, so mark it unavailable and DeepSpeed uses gloo."""
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-
-
-def _is_partitioned(tensor: torch.Tensor) -> bool:
-    return hasattr(tensor, "ds_id")
 
 
 class DeepSpeedEngine(Engine):
@@ -122,6 +119,8 @@ class DeepSpeedEngine(Engine):
     def prepare(self, name: str, parts: list[Part]) -> Trainable:
         clips = [p.optim.grad_clip for p in parts if p.optim.grad_clip]
         module = parts[0].module if len(parts) == 1 else nn.ModuleDict({p.name: p.module for p in parts})
+        if self.train.precision == "bf16":     # DeepSpeed leaves a model's dtypes alone once any part is partitioned
+            cast_parameters(module, torch.bfloat16, self.device)
         engine, *_ = self.deepspeed.initialize(model=module, optimizer=torch.optim.AdamW(adamw_groups(parts)),
                                                config=self._config(self.options.zero_stage, min(clips, default=None),
                                                                    self.train.precision == "bf16"))
@@ -138,12 +137,23 @@ class DeepSpeedEngine(Engine):
             return module
         return cast_parameters(module, dtype, self.device)
 
+    def partition_for(self, partitioned: bool, dtype: torch.dtype) -> Any | None:
+        if not partitioned:
+            return None
+        return self.deepspeed.zero.Init(config_dict_or_path=self._config(3, None, dtype == torch.bfloat16), dtype=dtype)
+
+    def copy_model(self, module: nn.Module, partitioned: bool = False, dtype: torch.dtype | None = None,
+                   memo: dict | None = None) -> nn.Module:
+        if partitioned:
+            dtype = dtype or next(module.parameters(), torch.empty(0)).dtype
+        return copy_module(module, self.partition_for(partitioned, dtype), dtype, memo)
+
     def partitions_trained(self) -> bool:
         return self.options.zero_stage == 3
 
     def parameter_share(self, module: nn.Module) -> tuple[int, int]:
-        local = sum(p.ds_tensor.numel() if _is_partitioned(p) else p.numel() for p in module.parameters())
-        total = sum(p.ds_numel if _is_partitioned(p) else p.numel() for p in module.parameters())
+        local = sum(p.ds_tensor.numel() if is_partitioned(p) else p.numel() for p in module.parameters())
+        total = sum(p.ds_numel if is_partitioned(p) else p.numel() for p in module.parameters())
         return local, total
 
     def backward(self, trainable: Trainable, loss: torch.Tensor, what: str) -> None:
@@ -171,7 +181,7 @@ class DeepSpeedEngine(Engine):
     def full_state_dict(self, module: nn.Module) -> dict[str, torch.Tensor]:
         state = {}
         for key, tensor in module.state_dict(keep_vars=True).items():
-            if _is_partitioned(tensor):
+            if is_partitioned(tensor):
                 with self.deepspeed.zero.GatheredParameters([tensor]):
                     if self.is_main:
                         state[key] = tensor.detach().cpu().clone()
@@ -185,7 +195,7 @@ class DeepSpeedEngine(Engine):
         if missing or unexpected:
             raise KeyError(f"weights do not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
         for key, tensor in own.items():
-            if _is_partitioned(tensor):
+            if is_partitioned(tensor):
                 with self.deepspeed.zero.GatheredParameters([tensor], modifier_rank=0), torch.no_grad():
                     tensor.copy_(state[key])
             else:

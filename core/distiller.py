@@ -63,7 +63,8 @@ def build_frozen_parts(context: BuildContext) -> None:
     config = context.config
     context.text_encoder = (_build(reg.TEXT_ENCODERS, config.text_encoder, context, "text_encoder.kind")
                             if config.text_encoder is not None else None)
-    context.teacher = _build(reg.TEACHERS, config.teacher, context, "teacher.kind").requires_grad_(False).eval()
+    with torch.random.fork_rng():       # built whole or partitioned (no random init there), the run draws the same
+        context.teacher = _build(reg.TEACHERS, config.teacher, context, "teacher.kind").requires_grad_(False).eval()
     context.codec = build_codec(config.codec, context, context.teacher)
 
 
@@ -148,7 +149,10 @@ class Distiller(StepLoop):
         for module in (self.generator, self.fake_score, self.adversary, self.objective):
             if module is not None:
                 module.to(self.engine.device)
-        self.ema = EMA(self.generator, config.train.ema_decay, shared=self.teacher)
+        ema_dtype = DTYPES[config.train.ema_dtype]
+        self.ema = EMA(self.generator, config.train.ema_decay, shared=self.teacher,
+                       copy_model=lambda model, memo: self.engine.copy_model(model, self.engine.partitions_trained(),
+                                                                             ema_dtype, memo))
         if config.train.activation_checkpointing:
             enable_activation_checkpointing([m for m in (self.generator, self.fake_score) if has_parameters(m)])
         self._prepare_training()
@@ -156,7 +160,7 @@ class Distiller(StepLoop):
         self.teacher = self.engine.prepare_frozen("teacher", self.teacher, config.teacher.shard,
                                                   DTYPES[train.teacher_dtype])
         self.ema.model = self.engine.prepare_frozen("generator_ema", self.ema.model, self.engine.partitions_trained(),
-                                                    DTYPES[train.ema_dtype])
+                                                    ema_dtype)
         self.step = 0
         self.last_generator_step: int | None = None
 

@@ -7,6 +7,7 @@ and discriminator, one step as in DMD2's guidance model), each part with its own
 from __future__ import annotations
 
 import contextlib
+import copy
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,8 +76,10 @@ def feed_norms_their_dtype(module: nn.Module, device: torch.device) -> None:
         return
     for sub in module.modules():
         weight = getattr(sub, "weight", None)
-        if isinstance(sub, NORMS) and weight is not None and weight.dtype == torch.bfloat16:
+        if isinstance(sub, NORMS) and weight is not None and weight.dtype == torch.bfloat16 and \
+                not getattr(sub, "takes_bf16_input", False):
             sub.register_forward_pre_hook(_input_in_weight_dtype)
+            sub.takes_bf16_input = True
 
 
 def cast_parameters(module: nn.Module, dtype: torch.dtype, device: torch.device) -> nn.Module:
@@ -161,6 +164,28 @@ class Engine(ABC):
         if self.train.precision == "fp32":
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def partition_for(self, partitioned: bool, dtype: torch.dtype) -> Any | None:
+        """What splits a model's parameters across ranks as they are made (a `deepspeed.zero.Init` in `dtype`),
+        when `partitioned` on an engine that partitions (ZeRO-3); None: models are built whole."""
+        return None
+
+    def teacher_partition(self, shard: bool) -> Any | None:
+        """`partition_for` the frozen teacher: partitioned when `teacher.shard`, in `train.teacher_dtype`."""
+        return self.partition_for(shard, DTYPES[self.train.teacher_dtype])
+
+    def copy_model(self, module: nn.Module, partitioned: bool = False, dtype: torch.dtype | None = None,
+                   memo: dict | None = None) -> nn.Module:
+        """A copy of `module` with its parameters in `dtype` (None: as they are), split across ranks when
+        `partitioned` on an engine that partitions; `memo` as copy.deepcopy's (tensors the copy shares)."""
+        copied = copy.deepcopy(module, memo)
+        return cast_parameters(copied, dtype, self.device) if dtype is not None else copied
+
+    def trained_copy(self, module: nn.Module) -> nn.Module:
+        """A copy of `module` to train (a student or fake score from the teacher), made as the engine trains it:
+        partitioned under ZeRO-3, its parameters in bf16 under `train.precision: bf16`."""
+        dtype = torch.bfloat16 if self.train.precision == "bf16" else None
+        return self.copy_model(module, self.partitions_trained(), dtype).requires_grad_(True).train()
 
     def parameter_share(self, module: nn.Module) -> tuple[int, int]:
         """(parameters held by this rank, parameters in the model)."""

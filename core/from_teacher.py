@@ -3,7 +3,6 @@ the fake score initialised as a copy of it (DMD2's guidance model, SiD's f_psi).
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -43,16 +42,18 @@ class DenoiserGeneratorOptions:
                               "drops its conditions")
 
 
-def copy_teacher(teacher, key: str) -> Denoiser:
+def copy_teacher(context, key: str) -> Denoiser:
+    """A trainable copy of the teacher, made as the engine trains it (under ZeRO-3 one parameter at a time)."""
+    teacher = context.teacher
     if not isinstance(teacher, Denoiser) or teacher.backbone is None:
         raise ValueError(f"{key}: this teacher has no network to copy; choose another kind")
-    return copy.deepcopy(teacher).requires_grad_(True).train()
+    return context.engine.trained_copy(teacher)
 
 
 def teacher_network(context, lora: LoRAOptions | None, section: str) -> Denoiser:
     """A full trainable copy of the teacher, or with `lora` its LoRA copy on the teacher's own weights."""
     if lora is None:
-        return copy_teacher(context.teacher, f"{section}.kind")
+        return copy_teacher(context, f"{section}.kind")
     check_engine_shares(context.config, f"{section}.lora")
     return lora_copy(context.teacher, lora, f"{section}.lora")
 

@@ -18,8 +18,10 @@ from potstill.core import registry as reg
 from potstill.core.checkpoint import fsync_path
 from potstill.core.config import ConfigError, from_dict
 from potstill.core.denoiser import Denoiser
+from potstill.core.engine import DTYPES
 from potstill.core.schedules import build_schedule
-from potstill.core.weights import check_state, read_state, resolve_weights
+from potstill.core.weights import read_metadata, resolve_weights
+from potstill.core.zero_build import build_with_weights
 
 TEACHER_FILE = "teacher.safetensors"
 METADATA_KEY = "potstill"
@@ -52,10 +54,11 @@ def write_teacher_file(path: Path, state: dict[str, torch.Tensor], metadata: dic
     return path
 
 
-def read_teacher_file(checkpoint: str, key: str = "teacher.checkpoint") -> tuple[dict[str, torch.Tensor], dict]:
-    """Weights and metadata of a teacher file (a path or `embedded:NAME`); any other file is an error naming `key`."""
+def read_teacher_file(checkpoint: str, key: str = "teacher.checkpoint") -> tuple[Path, dict]:
+    """The path and metadata of a teacher file (a path or `embedded:NAME`), its tensors left unread; any other
+    file is an error naming `key`."""
     path = resolve_weights(checkpoint, key)
-    state, meta = read_state(path, key)
+    meta = read_metadata(path, key)
     missing = [name for name in REQUIRED if name not in meta]
     if missing:
         raise ValueError(f"{key}: {path} is not a potstill teacher file (its `{METADATA_KEY}` metadata lacks "
@@ -63,7 +66,7 @@ def read_teacher_file(checkpoint: str, key: str = "teacher.checkpoint") -> tuple
                          "for other DiT weights")
     if meta["prediction"] not in PREDICTIONS:
         raise ValueError(f"{key}: {path} records prediction {meta['prediction']!r}; valid: {', '.join(PREDICTIONS)}")
-    return state, meta
+    return path, meta
 
 
 def build_backbone(meta: dict, key: str, source: str) -> torch.nn.Module:
@@ -76,15 +79,14 @@ def build_backbone(meta: dict, key: str, source: str) -> torch.nn.Module:
                          f"({error})") from None
 
 
-def build_trained_denoiser(checkpoint: str, key: str = "teacher.checkpoint") -> Denoiser:
-    """A Denoiser from a teacher file, its weights checked against the recorded architecture; `.metadata` holds
-    the file's metadata for modalities to read (the data section, for one)."""
-    state, meta = read_teacher_file(checkpoint, key)
-    with torch.device("meta"):
-        expected = build_backbone(meta, key, checkpoint).state_dict()
-    check_state(expected, state, key, checkpoint, meta["backbone"])
-    backbone = build_backbone(meta, key, checkpoint)
-    backbone.load_state_dict(state)
+def build_trained_denoiser(checkpoint: str, key: str = "teacher.checkpoint", partition: Any | None = None,
+                           dtype: torch.dtype | None = None) -> Denoiser:
+    """A Denoiser from a teacher file, its weights checked against the recorded architecture and streamed in tensor
+    by tensor; with `partition` (an engine's, under ZeRO-3) split across ranks as they arrive, in `dtype`.
+    `.metadata` holds the file's metadata for modalities to read (the data section, for one)."""
+    path, meta = read_teacher_file(checkpoint, key)
+    backbone = build_with_weights(lambda: build_backbone(meta, key, checkpoint), path, key, checkpoint,
+                                  meta["backbone"], partition, dtype)
     try:
         schedule = build_schedule(meta["schedule"], meta["schedule_options"], "schedule")
     except (ConfigError, reg.UnknownNameError) as error:
@@ -103,5 +105,15 @@ class TrainedTeacherOptions:
     checkpoint: str
 
 
+def teacher_partition(context) -> dict[str, Any]:
+    """How a run's engine builds its teacher: `partition` and `dtype` for `build_with_weights` (split across ranks
+    under ZeRO-3 with `teacher.shard`); none for a teacher built outside a run."""
+    if context is None:
+        return {}
+    return {"partition": context.engine.teacher_partition(context.config.teacher.shard),
+            "dtype": DTYPES[context.config.train.teacher_dtype]}
+
+
 reg.TEACHERS.register("trained", TrainedTeacherOptions)(
-    lambda options, context: build_trained_denoiser(options.checkpoint))
+    lambda options, context: build_trained_denoiser(options.checkpoint, "teacher.checkpoint",
+                                                    **teacher_partition(context)))

@@ -48,10 +48,18 @@ def read_state(path: Path, key: str) -> tuple[dict[str, torch.Tensor], dict[str,
 
 def read_safetensors(path: Path, key: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """A safetensors file's tensors and `potstill` metadata; a file of another format is an error naming `key`."""
+    metadata = read_metadata(path, key)
+    return load_file(str(path)), metadata
+
+
+def read_metadata(path: Path, key: str) -> dict[str, Any]:
+    """The `potstill` metadata of a weights file, read from a safetensors header without its tensors ({} for a
+    torch checkpoint, which records none); a file of another format is an error naming `key`."""
+    if path.suffix != ".safetensors":
+        return {}
     try:
         with safe_open(str(path), "pt") as f:
-            metadata = json.loads((f.metadata() or {}).get("potstill", "{}"))
-        return load_file(str(path)), metadata
+            return json.loads((f.metadata() or {}).get("potstill", "{}"))
     except (SafetensorError, json.JSONDecodeError) as error:
         raise ValueError(f"{key}: {path} is not a readable safetensors file ({error})") from None
 

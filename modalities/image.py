@@ -17,7 +17,9 @@ from potstill.core.denoiser import Denoiser, Prediction
 from potstill.core.modality import Modality, noise_and_conditions, prompt_embeddings
 from potstill.core.registry import MODALITIES, TEACHERS
 from potstill.core.schedules import build_schedule
-from potstill.core.weights import check_state, load_frozen, read_state, resolve_weights
+from potstill.core.teacher_file import teacher_partition
+from potstill.core.weights import load_frozen, read_metadata, resolve_weights
+from potstill.core.zero_build import build_with_weights
 from potstill.data.digits import load_digits_tensors
 from potstill.modalities.frechet import frechet_distance, gaussian_stats
 
@@ -47,8 +49,12 @@ def recorded_dit_options(meta: dict[str, Any], checkpoint: str) -> dict[str, Any
     return dict(meta.get("backbone_options", {}))
 
 
-def build_dit_denoiser(options: DiTTeacherOptions) -> Denoiser:
-    state, meta = read_state(resolve_weights(options.checkpoint, "teacher.checkpoint"), "teacher.checkpoint")
+def build_dit_denoiser(options: DiTTeacherOptions, partition: Any | None = None,
+                      dtype: torch.dtype | None = None) -> Denoiser:
+    """The DiT teacher a weights file names, its weights streamed in tensor by tensor; with `partition` (an
+    engine's, under ZeRO-3) split across ranks as they arrive, in `dtype`."""
+    path = resolve_weights(options.checkpoint, "teacher.checkpoint")
+    meta = read_metadata(path, "teacher.checkpoint")
     dit_values = recorded_dit_options(meta, options.checkpoint)
     if options.architecture is not None:
         if options.architecture not in PRESETS:
@@ -56,11 +62,8 @@ def build_dit_denoiser(options: DiTTeacherOptions) -> Denoiser:
         dit_values |= PRESETS[options.architecture]
     dit_values |= options.dit or {}
     dit_options = from_dict(DiTOptions, dit_values, "teacher.dit")
-    with torch.device("meta"):
-        expected = DiT(dit_options).state_dict()
-    check_state(expected, state, "teacher.checkpoint", options.checkpoint, "DiT")
-    backbone = DiT(dit_options)
-    backbone.load_state_dict(state)
+    backbone = build_with_weights(lambda: DiT(dit_options), path, "teacher.checkpoint", options.checkpoint, "DiT",
+                                  partition, dtype)
     schedule_name = options.schedule or meta.get("schedule", "edm")
     schedule_options = options.schedule_options if options.schedule_options is not None else meta.get(
         "schedule_options", {})
@@ -74,7 +77,9 @@ def build_dit_denoiser(options: DiTTeacherOptions) -> Denoiser:
     return denoiser
 
 
-TEACHERS.register("dit", DiTTeacherOptions)(lambda options, context: build_dit_denoiser(options))
+@TEACHERS.register("dit", DiTTeacherOptions)
+def build_dit_teacher(options: DiTTeacherOptions, context) -> Denoiser:
+    return build_dit_denoiser(options, **teacher_partition(context))
 
 
 def load_classifier(path: str) -> DigitsClassifier:

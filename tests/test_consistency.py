@@ -2,6 +2,7 @@
 parameterisation for an EDM network, the EDM-sigma inverse of each schedule, the teacher's Heun step against the
 exact flow map, CD's fixed point moving with N as N^-2 (Heun) and N^-1 (Euler), and the errors."""
 
+import copy
 import math
 
 import pytest
@@ -123,7 +124,7 @@ def cd_fixed_point(scales: int, solver: str) -> float:
     quadratic in d with the target frozen, so two gradients on the same draws locate it."""
     e = 0.002
     generator = ConsistencyGenerator(ExactPlusProbe(e), [80.0], e, 80.0)
-    objective = CD(CDOptions(scales=scales, solver=solver, target_decay=0.0), generator)
+    objective = CD(CDOptions(scales=scales, solver=solver, target_decay=0.0), generator, copy.deepcopy(generator))
     teacher = gaussian_teacher(EDMSchedule())
     gradients = []
     for d in (0.0, 1.0):

@@ -9,12 +9,14 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
+from potstill.backbones.dit import DiT, DiTOptions
 from potstill.core.config import load_config
 from potstill.runs import distill, open_run
 from tests_support import CONFIGS, ROOT, logged_losses
@@ -110,6 +112,39 @@ def test_sharded_teacher_holds_half_and_answers_as_the_whole(tmp_path):
         assert r["held"] == pytest.approx(total / 2, rel=0.01)
         assert r["x0_max_difference"] <= 1e-5 * r["x0_scale"]
         assert r["grad_max_difference"] <= 1e-5 * r["grad_scale"]
+
+
+def write_dit_teacher(path: Path, options: DiTOptions) -> Path:
+    torch.manual_seed(0)
+    state = {k: v.contiguous() for k, v in DiT(options).state_dict().items()}
+    save_file(state, path, metadata={"potstill": json.dumps({"dit": asdict(options)})})
+    return path
+
+
+def test_a_teacher_built_under_zero3_never_exists_whole_on_a_rank(tmp_path):
+    """ZeRO-3 construction (`teacher.shard`): the DiT is made on the meta device and each parameter streams from
+    its safetensors file alone into its partitions; gathered back, the weights equal the file's. The student is
+    copied partition by partition (equal to the teacher's slices, partitioned, trainable); a whole copy gathers one
+    parameter at a time. Each rank's resident memory grows during the build by at most its half of the teacher,
+    the largest tensor and 32 MiB (allocator slack), where building it whole would take all of it; rank 0, which reads the file,
+    also holds the file's mapped pages (page cache the kernel reclaims under pressure)."""
+    network = DiTOptions(input_size=8, patch_size=2, in_channels=4, hidden_size=384, depth=8, num_heads=6,
+                         num_classes=10, learn_sigma=False)
+    tiny = replace(network, hidden_size=32, depth=1, num_heads=2)
+    files = [write_dit_teacher(tmp_path / f"{name}.safetensors", options)
+             for name, options in (("tiny", tiny), ("teacher", network))]
+    script = ROOT / "tests" / "distributed" / "zero_build.py"
+    run_launch(launch_command(str(script), *map(str, files), str(tmp_path)), ROOT)
+    reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    total = reports[0]["teacher_total"]
+    assert sum(r["teacher_held"] for r in reports) == pytest.approx(total, rel=1e-3)
+    for r in reports:
+        assert r["teacher_partitioned"] and r["student_partitioned"] and r["student_trains"]
+        assert r["whole_copy_whole"] and r["whole_copy_equal"]
+        assert r["mismatched"] == [] and r["copies_differ"] == []
+        assert r["teacher_held"] == pytest.approx(total / 2, rel=0.01)
+        mapped_file = (tmp_path / "teacher.safetensors").stat().st_size if r["rank"] == 0 else 0
+        assert r["build_growth_bytes"] <= 4 * total / 2 + r["largest_tensor_bytes"] + 2**25 + mapped_file, r
 
 
 def test_two_ranks_distill_the_mixture_as_one_process(tmp_path):

@@ -4,7 +4,6 @@ heads on several frozen-teacher layers, APT's heads on a trainable copy of the t
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -24,8 +23,9 @@ from potstill.core.adversarial.losses import (
 )
 from potstill.core.denoiser import Denoiser
 from potstill.core.registry import ADVERSARIES
-from potstill.core.tensors import map_tensors
+from potstill.core.tensors import map_tensors, to_device
 from potstill.core.time_draws import TimeOptions, TimeSampling, draw_times
+from potstill.core.zero_build import is_partitioned, meta_twin
 
 Network = Literal["fake_score", "teacher", "teacher_copy"]
 HeadKind = Literal["mlp", "cross_attention"]
@@ -177,10 +177,15 @@ class FeatureDiscriminator(nn.Module):
 
 
 def feature_shapes(network: Denoiser, layers: list[int], cond) -> list[tuple[int, ...]]:
-    """Probe a Denoiser once to learn the shapes (batch of one) of the requested feature layers."""
-    x = torch.zeros(1, *network.sample_shape)
-    t = torch.full((1,), network.schedule.t_at(torch.tensor(0.5)).item())
-    with torch.no_grad():
+    """Probe a Denoiser once to learn the shapes (batch of one) of the requested feature layers; a partitioned
+    (ZeRO-3) one through its meta-device twin, so that no rank gathers it whole."""
+    device = None
+    if any(is_partitioned(p) for p in network.parameters()):
+        network, device = meta_twin(network), torch.device("meta")
+        cond = to_device(cond, device)
+    x = torch.zeros(1, *network.sample_shape, device=device)
+    t = torch.full((1,), network.schedule.t_at(torch.tensor(0.5)).item(), device=device)
+    with torch.no_grad(), torch.random.fork_rng():    # a probe draws nothing from the run's generators
         try:
             return [tuple(f.shape) for f in network.features(x, t, cond, layers)]
         except IndexError:
@@ -202,7 +207,7 @@ def resolve_network(kind: Network, context) -> Denoiser:
         raise ValueError(f"adversary.network: {kind!r} has no features to put a head on; "
                          "choose fake_score, teacher or teacher_copy with a network teacher")
     if kind == "teacher_copy":
-        network = copy.deepcopy(network).requires_grad_(True).train()
+        network = context.engine.trained_copy(network)
     return network
 
 

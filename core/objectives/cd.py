@@ -8,7 +8,6 @@ its bias falls like N^-2 with Heun and N^-1 with Euler (§7.6)."""
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -71,10 +70,11 @@ class CD(Objective):
 
     uses_fake_score = False
 
-    def __init__(self, options: CDOptions, generator: ConsistencyGenerator,
+    def __init__(self, options: CDOptions, generator: ConsistencyGenerator, target: ConsistencyGenerator,
                  distance_network: DistanceNetwork | None = None) -> None:
+        """`target`: a whole copy of the student, the EMA target network."""
         super().__init__(options)
-        self.target = copy.deepcopy(generator).requires_grad_(False).eval()
+        self.target = target.requires_grad_(False).eval()
         grid = karras_grid(generator.sigma_max, generator.sigma_min, options.scales, options.rho)
         self.register_buffer("grid", grid)
         self._distance_network = [distance_network]    # a list keeps its frozen weights out of checkpoints
@@ -118,7 +118,7 @@ def build_cd(options: CDOptions, context) -> CD:
                           "objective.distance is network")
     network = (load_distance_network(options.distance_network, options.distance_weights, "objective")
                if options.distance_network else None)
-    return CD(options, context.generator, network)
+    return CD(options, context.generator, context.engine.copy_model(context.generator), network)
 
 
 OBJECTIVES.register("cd", CDOptions)(build_cd)

@@ -1,0 +1,175 @@
+"""Models under ZeRO-3 built without a whole copy on any rank: weights streamed from safetensors one tensor at a
+time into their partitions, and copies (student, fake score, EMA from the teacher) made parameter by parameter.
+Each works on whole (unpartitioned) models too, so builders call them whatever the engine."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from torch import nn
+
+from potstill.core.weights import check_state, listed, read_torch_state
+
+
+def is_partitioned(tensor: torch.Tensor) -> bool:
+    """A ZeRO-3 parameter: its `.data` is empty and this rank holds a flat slice in `ds_tensor`."""
+    return hasattr(tensor, "ds_id")
+
+
+def full_shape(tensor: torch.Tensor) -> torch.Size:
+    return tensor.ds_shape if is_partitioned(tensor) else tensor.shape
+
+
+def assign(target: torch.Tensor, read: Callable[[], torch.Tensor]) -> None:
+    """target <- read(). A partitioned parameter is gathered alone, written on rank 0 (the only rank that calls
+    `read`, so the others read nothing) and split again; anything else is written in place."""
+    if not is_partitioned(target):
+        with torch.no_grad():
+            target.copy_(read())
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters([target], modifier_rank=0), torch.no_grad():
+        if torch.distributed.get_rank() == 0:
+            target.copy_(read())
+
+
+def load_weights(module: nn.Module, path: Path, key: str, source: str, what: str) -> nn.Module:
+    """A weights file into a built `module`, whole or partitioned, tensor by tensor (see `tensor_reader`); names
+    and shapes are checked against the module before any tensor is read."""
+    targets = module.state_dict(keep_vars=True)
+    with tensor_reader(path, key) as (shapes, read):
+        check_state(expected_shapes(targets), shapes, key, source, what)
+        for name, target in targets.items():
+            assign(target, lambda name=name: read(name))
+    return module
+
+
+def expected_shapes(targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Meta tensors of a state dict's whole shapes (a partitioned parameter's own is empty)."""
+    return {name: torch.empty(full_shape(t), device="meta") for name, t in targets.items()}
+
+
+def build_with_weights(factory: Callable[[], nn.Module], path: Path, key: str, source: str, what: str,
+                       partition: Any | None = None, dtype: torch.dtype | None = None) -> nn.Module:
+    """`factory()` with the weights of `path`. With `partition` (a `deepspeed.zero.Init`) it is built on the meta
+    device, which holds nothing, and each parameter is then materialised alone, in `dtype` (None: fp32): read on rank 0,
+    broadcast and split across ranks, so no rank ever holds more than one whole tensor; without, built whole and
+    loaded tensor by tensor."""
+    if partition is None:
+        return load_weights(factory(), path, key, source, what)
+    dtype = dtype or torch.float32
+    with torch.device("meta"):
+        module = factory()
+    targets = module.state_dict(keep_vars=True)
+    main = torch.distributed.get_rank() == 0
+    made: dict[int, torch.Tensor] = {}
+    with tensor_reader(path, key) as (shapes, read):
+        check_state(expected_shapes(targets), shapes, key, source, what)
+        for name, target in targets.items():
+            if id(target) not in made:
+                made[id(target)] = materialise(target, lambda name=name: read(name), partition, dtype, main)
+            put(module, name, made[id(target)])
+    left = [name for name, buffer in module.named_buffers() if buffer.is_meta]
+    if left:
+        raise ValueError(f"{key}: {what} computes buffers its weights file does not hold ({listed(left)}), so it "
+                         "cannot be built partitioned; set teacher.shard: false")
+    return module
+
+
+def materialise(target: torch.Tensor, read: Callable[[], torch.Tensor], partition: Any, dtype: torch.dtype,
+                main: bool) -> torch.Tensor:
+    """The real tensor for a meta one: a buffer read whole on every rank; a parameter read on the main rank only,
+    in `dtype`, then broadcast and split across ranks."""
+    if not isinstance(target, nn.Parameter):
+        return read()
+    value = read().to(dtype) if main else torch.empty(target.shape, dtype=dtype)
+    parameter = nn.Parameter(value, requires_grad=target.requires_grad)
+    convert_to_partitions(partition, parameter)
+    return parameter
+
+
+def put(module: nn.Module, name: str, tensor: torch.Tensor) -> None:
+    """Set the parameter or buffer `name` (a state-dict key) of `module` to `tensor`, in place of its meta one."""
+    owner_name, _, leaf = name.rpartition(".")
+    owner = module.get_submodule(owner_name)
+    if isinstance(tensor, nn.Parameter):
+        owner._parameters[leaf] = tensor
+    else:
+        owner._buffers[leaf] = tensor
+
+
+@contextmanager
+def tensor_reader(path: Path, key: str):
+    """(meta tensors of every stored shape, read(name)) for a weights file: safetensors read one tensor at a time,
+    a torch checkpoint (which cannot be read in parts) loaded whole."""
+    if path.suffix != ".safetensors":
+        state = read_torch_state(path, key)
+        yield {name: torch.empty(t.shape, device="meta") for name, t in state.items()}, state.__getitem__
+        return
+    try:
+        with safe_open(str(path), "pt") as weights:
+            names = weights.keys()
+            shapes = {name: torch.empty(weights.get_slice(name).get_shape(), device="meta") for name in names}
+            yield shapes, weights.get_tensor
+    except SafetensorError as error:
+        raise ValueError(f"{key}: {path} is not a readable safetensors file ({error})") from None
+
+
+def meta_twin(module: nn.Module) -> nn.Module:
+    """An fp32 copy of `module` on the meta device, holding nothing, for build-time probes of output shapes: a
+    partitioned module's own parameters are empty until an engine gathers them in its forward."""
+    memo = {id(p): nn.Parameter(torch.empty(full_shape(p), device="meta"), requires_grad=False)
+            for p in module.parameters()}
+    memo |= {id(b): torch.empty(b.shape, dtype=b.dtype, device="meta") for b in module.buffers()}
+    return copy.deepcopy(module, memo)
+
+
+def copy_module(module: nn.Module, partition: Any | None, dtype: torch.dtype | None,
+                memo: dict[int, Any] | None = None) -> nn.Module:
+    """A copy of `module`, one parameter at a time: its structure and buffers deep-copied with every parameter a
+    placeholder, then each parameter filled alone, in `dtype` (None: the source's). `partition` (a
+    `deepspeed.zero.Init`) splits each across ranks as it is filled, from the source's own slice when that is
+    partitioned too (no communication); without it a partitioned source is gathered one parameter at a time.
+    `memo` maps tensors the copy shares with the source (a LoRA student's frozen base) to themselves."""
+    memo = dict(memo or {})
+    sources = [p for p in module.parameters() if id(p) not in memo]
+    for source in sources:
+        memo[id(source)] = nn.Parameter(torch.empty(0, dtype=source.dtype, device=source.device),
+                                        requires_grad=source.requires_grad)
+    copied = copy.deepcopy(module, memo)
+    for source in sources:
+        fill(memo[id(source)], source, partition, dtype or source.dtype)
+    return copied
+
+
+def fill(target: nn.Parameter, source: nn.Parameter, partition: Any | None, dtype: torch.dtype) -> None:
+    with torch.no_grad():
+        if partition is not None and is_partitioned(source):
+            target.data = torch.empty(source.ds_shape, dtype=dtype, device=source.ds_tensor.device)
+            convert_to_partitions(partition, target)
+            if target.ds_tensor.numel() != source.ds_tensor.numel():
+                raise RuntimeError(f"a parameter of shape {tuple(source.ds_shape)} is split differently in its copy "
+                                   f"({target.ds_tensor.numel()} against {source.ds_tensor.numel()} per rank)")
+            target.ds_tensor.copy_(source.ds_tensor)
+        elif is_partitioned(source):
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters([source]):
+                target.data = source.data.to(dtype, copy=True)
+        else:
+            target.data = source.data.to(dtype, copy=True)
+            if partition is not None:
+                convert_to_partitions(partition, target)
+
+
+def convert_to_partitions(partition: Any, parameter: nn.Parameter) -> None:
+    """Split one whole parameter across ranks as `deepspeed.zero.Init` splits those created in its context (its
+    own conversion, the one it applies to a module handed to it, taken one parameter at a time)."""
+    partition._convert_to_zero_parameters([parameter])
