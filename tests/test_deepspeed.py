@@ -126,8 +126,8 @@ def test_a_teacher_built_under_zero3_never_exists_whole_on_a_rank(tmp_path):
     its safetensors file alone into its partitions; gathered back, the weights equal the file's. The student is
     copied partition by partition (equal to the teacher's slices, partitioned, trainable); a whole copy gathers one
     parameter at a time. Each rank's resident memory grows during the build by at most its half of the teacher,
-    the largest tensor and 32 MiB (allocator slack), where building it whole would take all of it; rank 0, which reads the file,
-    also holds the file's mapped pages (page cache the kernel reclaims under pressure)."""
+    the largest tensor and 32 MiB (allocator slack), where building it whole would take all of it; rank 0, which
+    reads the file, also holds the file's mapped pages (page cache the kernel reclaims under pressure)."""
     network = DiTOptions(input_size=8, patch_size=2, in_channels=4, hidden_size=384, depth=8, num_heads=6,
                          num_classes=10, learn_sigma=False)
     tiny = replace(network, hidden_size=32, depth=1, num_heads=2)
