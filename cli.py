@@ -210,8 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_reporting_errors(prog: str, action) -> None:
-    """Run `action()`; a bad setting, file or non-finite value is one line on stderr and exit code 2, a stop by
-    SIGTERM/SIGINT (after its checkpoint) the shell's 128 + signal."""
+    """Run `action()`; a bad setting, file, non-finite value or too large a model is one line on stderr and exit
+    code 2, a stop by SIGTERM/SIGINT (after its checkpoint) the shell's 128 + signal."""
     from potstill.core.preemption import Preempted
 
     try:
@@ -219,7 +219,7 @@ def run_reporting_errors(prog: str, action) -> None:
     except Preempted as stop:
         print(f"{prog}: {stop}", file=sys.stderr)
         raise SystemExit(stop.exit_code) from None
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError, FloatingPointError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError, FloatingPointError, MemoryError) as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
 

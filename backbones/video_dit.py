@@ -20,6 +20,7 @@ from torch.utils.checkpoint import checkpoint
 from potstill.backbones.adaln import AdaLNZeroBackbone
 from potstill.backbones.dit import LabelEmbedder
 from potstill.backbones.embeddings import TimestepEmbedder
+from potstill.core import sequence_parallel
 from potstill.core.causal import (
     CachePolicy,
     KVCache,
@@ -109,13 +110,34 @@ class RopeAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None,
                 past: tuple[torch.Tensor, torch.Tensor] | None):
-        """-> (output [B, N, D], this input's RoPE'd keys and values [B, heads, N, d] for a cache)."""
+        """-> (output [B, N, D], this input's RoPE'd keys and values [B, heads, N, d] for a cache). Under sequence
+        parallelism x holds this rank's tokens, and the keys and values are the whole sequence's for this rank's
+        share of the heads (what its cache holds)."""
         qkv = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
         (q, k), v = rotate(qkv[:2], cos_sin).unbind(0), qkv[2]
-        keys, values = (k, v) if past is None else (torch.cat([past[0].to(k.dtype), k], dim=2),
-                                                     torch.cat([past[1].to(v.dtype), v], dim=2))
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+        group = sequence_parallel.GROUP
+        if group is None:
+            out, k, v = attend(q, k, v, mask, past)
+        else:
+            held: list[torch.Tensor] = []
+
+            def local(q, k, v, mask, past):
+                out, *kv = attend(*(rearrange(t, "b n h d -> b h n d") for t in (q, k, v)), mask, past)
+                held[:] = kv
+                return rearrange(out, "b h n d -> b n h d")
+
+            out = sequence_parallel.distributed_attention(
+                local, *(rearrange(t, "b h n d -> b n h d") for t in (q, k, v)), group, mask, past)
+            out, (k, v) = rearrange(out, "b n h d -> b h n d"), held
         return self.proj(rearrange(out, "b h n d -> b n (h d)")), k, v
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+           past: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Attention of q over the cached keys and values and k, v ([B, heads, N, d]); returns (out, k, v)."""
+    keys, values = (k, v) if past is None else (torch.cat([past[0].to(k.dtype), k], dim=2),
+                                                 torch.cat([past[1].to(v.dtype), v], dim=2))
+    return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask), k, v
 
 
 class VideoDiTBlock(nn.Module):
@@ -158,7 +180,9 @@ class VideoDiT(AdaLNZeroBackbone):
 
     With a `cache` (causal only), `x` holds the next frames, starting at absolute frame `cache.next_frame`:
     they attend to the cached frames the cache policy's window allows plus their own chunk; `write=True` then
-    appends their K/V and advances the cache. Without one, the whole clip runs at once (masked when causal)."""
+    appends their K/V and advances the cache. Without one, the whole clip runs at once (masked when causal).
+    Under sequence parallelism (core/sequence_parallel.py) each rank runs its share of the frames and the output
+    is gathered whole."""
 
     def __init__(self, options: VideoDiTOptions) -> None:
         super().__init__()
@@ -243,12 +267,14 @@ class VideoDiT(AdaLNZeroBackbone):
         self._check(x, cache, write)
         batch, frames, height, width = x.shape[0], x.shape[2], x.shape[3], x.shape[4]
         start = cache.next_frame if cache is not None else 0
+        group = sequence_parallel.GROUP
+        own = group.frames(frames) if group is not None else slice(0, frames)     # this rank's frames
         side = self.grid * self.options.patch_size
-        x = F.pad(x, (0, side - width, 0, side - height))
+        x = F.pad(x[:, :, own], (0, side - width, 0, side - height))
         tokens = rearrange(self.x_embedder(rearrange(x, "b c f h w -> (b f) c h w")), "(b f) t d -> b (f t) d",
                            b=batch)
-        c = self.frame_embedding(c_noise, cond, batch, frames)
-        cos_sin = rotation(self.rope.angles(start, frames, x.device), tokens.dtype)
+        c = self.frame_embedding(c_noise, cond, batch, frames)[:, own]
+        cos_sin = rotation(self.rope.angles(start + own.start, own.stop - own.start, x.device), tokens.dtype)
         mask = self.attention_mask(frames, cache, x.device)
         recompute = self.activation_checkpointing and torch.is_grad_enabled()
         activations, keys, values = [], [], []
@@ -264,11 +290,13 @@ class VideoDiT(AdaLNZeroBackbone):
             cache.append(keys, values, frames, self.chunk_frames)
         out = self.final_layer(tokens, c)
         p = self.options.patch_size
-        out = rearrange(out, "b (f h w) (p q c) -> b c f (h p) (w q)", f=frames, h=self.grid, p=p, q=p)
+        out = rearrange(out, "b (f h w) (p q c) -> b c f (h p) (w q)", f=own.stop - own.start, h=self.grid, p=p, q=p)
         out = out[..., :height, :width]
-        if features is None:
-            return out
-        return out, [activations[i] for i in features]
+        picked = [activations[i] for i in features] if features is not None else []
+        if group is not None:
+            out = sequence_parallel.gather_along(out, 2, group)
+            picked = [sequence_parallel.gather_along(a, 1, group) for a in picked]
+        return out if features is None else (out, picked)
 
 
 BACKBONES.register("video_dit", VideoDiTOptions)(VideoDiT)

@@ -6,7 +6,7 @@ with real data streamed from shards against the same step with the digits held i
 
     python benchmarks/data_throughput.py [--batch 64] [--batches 12]
 
-Writes benchmarks/results/data_throughput.json and .md.
+Writes benchmarks/results/data_throughput.json and .md (`--name` another stem).
 """
 
 from __future__ import annotations
@@ -137,6 +137,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--batches", type=int, default=12)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--name", default="data_throughput", help="results file stem under benchmarks/results/")
     args = parser.parse_args()
     torch.set_num_threads(2)
     results = {"machine": platform.platform(), "torch": torch.__version__, "cores": torch.get_num_threads(),
@@ -163,8 +164,8 @@ def main() -> None:
             results["training"][f"shards, {workers} workers"] = digits_step_seconds(
                 args.batch, args.steps, [f"real_data.shards={digits}", f"real_data.workers={workers}"])
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "data_throughput.json").write_text(json.dumps(results, indent=2))
-    (RESULTS / "data_throughput.md").write_text(markdown(results) + "\n")
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(results, indent=2))
+    (RESULTS / f"{args.name}.md").write_text(markdown(results) + "\n")
     print(markdown(results))
 
 

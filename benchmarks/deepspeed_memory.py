@@ -88,6 +88,7 @@ def worker(args: argparse.Namespace) -> None:
     e.barrier()
     seconds = (time.perf_counter() - start) / args.steps
     step_peak = peak_bytes()
+    profile = memory_profile(distiller)
     models = [distiller.teacher, distiller.generator, distiller.fake_score, distiller.ema.model]
     teacher_held, teacher_total = e.parameter_share(distiller.teacher)
     row = {
@@ -95,10 +96,36 @@ def worker(args: argparse.Namespace) -> None:
         "teacher_parameters": teacher_total, "teacher_bytes_held": 4 * teacher_held,
         "model_bytes_held": sum(held_parameter_bytes(m) for m in models),
         "build_peak_bytes": build_peak, "steady_bytes": held_bytes(), "step_peak_bytes": step_peak,
-        "sec_per_step": seconds,
+        "sec_per_step": seconds, "memory_profile": profile,
     }
     Path(args.out).with_name(f"{Path(args.out).stem}_rank{e.rank}.json").write_text(json.dumps(row))
     e.close()
+
+
+def memory_profile(distiller: Distiller) -> dict[str, int]:
+    """Peak memory above what was held when each phase of one step began: each update's forwards and backward,
+    then its optimizer step (the engine's `step`), in the order they run."""
+    engine, original = distiller.engine, distiller.engine.step
+    phases: dict[str, int] = {}
+    start = [0]
+
+    def restart() -> None:
+        reset_peak()
+        start[0] = held_bytes()
+
+    def profiled_step(trainable):
+        phases[f"{trainable.name}: forward and backward"] = peak_bytes() - start[0]
+        restart()
+        norms = original(trainable)
+        phases[f"{trainable.name}: optimizer step"] = peak_bytes() - start[0]
+        restart()
+        return norms
+
+    engine.step = profiled_step
+    restart()
+    distiller.train_step()
+    engine.step = original
+    return phases
 
 
 def held_parameter_bytes(module: torch.nn.Module) -> int:
@@ -138,9 +165,9 @@ def predicted(rows: list[dict], precision: str, key: str) -> dict[int, float]:
     return {n: one - split + split / n for n in (4, 8)}
 
 
-def write_results(rows: list[dict], meta: dict) -> None:
+def write_results(rows: list[dict], meta: dict, name: str) -> None:
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "deepspeed_memory.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    (RESULTS / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     gib = 2**30
     plain = next(r for r in rows if r["engine"] == "plain")
     lines = [f"DMD2 step, DiT teacher of {plain['teacher_parameters'] / 1e6:.0f}M parameters (fake score and "
@@ -149,33 +176,59 @@ def write_results(rows: list[dict], meta: dict) -> None:
              "held between steps (GiB) | peak while stepping (GiB) | s/step |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        setting = ("plain, 1 process" if r["engine"] == "plain"
+        setting = (f"plain, 1 process, {r['precision']}" if r["engine"] == "plain"
                    else f"DeepSpeed ZeRO-3, {r['ranks']} rank{'s' if r['ranks'] > 1 else ''}, {r['precision']}")
         lines.append(f"| {setting} | {r['rank']} | {r['teacher_bytes_held'] / gib:.3f} | "
                      f"{r['model_bytes_held'] / gib:.3f} | {r['build_peak_bytes'] / gib:.2f} | "
                      f"{r['steady_bytes'] / gib:.2f} | "
                      f"{r['step_peak_bytes'] / gib:.2f} | {r['sec_per_step']:.2f} |")
-    ds = [r for r in rows if r["engine"] == "deepspeed" and r["ranks"] == 2 and r["precision"] == "fp32"]
-    lines += ["", "Predicted per rank at 4 and 8 ranks (GiB; from the 1- and 2-rank DeepSpeed rows as shared + "
-              "split / N):", "", "| precision | quantity | 4 ranks | 8 ranks |", "|---|---|---|---|"]
-    for precision in sorted({r["precision"] for r in rows if r["engine"] == "deepspeed"}):
+    lines += ["", "Memory profile of one step: peak above what was held when each phase began (GiB; rank 0):", "",
+              "| setting | " + " | ".join(plain["memory_profile"]) + " |",
+              "|---|" + "---|" * len(plain["memory_profile"])]
+    for r in rows:
+        if r["rank"] == 0:
+            lines.append(f"| {r['engine']}, {r['ranks']} rank(s), {r['precision']} | "
+                         + " | ".join(f"{r['memory_profile'].get(k, 0) / gib:.2f}" for k in plain["memory_profile"])
+                         + " |")
+    lines += summary(rows, plain)
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def summary(rows: list[dict], plain: dict) -> list[str]:
+    """The 4- and 8-rank prediction and the 2-rank ratios, where the rows have what they need."""
+    gib = 2**30
+    have = {(r["engine"], r["ranks"], r["precision"]) for r in rows}
+    lines = []
+    precisions = sorted(p for p in ("fp32", "bf16") if {("deepspeed", 1, p), ("deepspeed", 2, p)} <= have)
+    if precisions:
+        lines += ["", "Predicted per rank at 4 and 8 ranks (GiB; from the 1- and 2-rank DeepSpeed rows as shared + "
+                  "split / N):", "", "| precision | quantity | 4 ranks | 8 ranks |", "|---|---|---|---|"]
+    for precision in precisions:
         for key, label in (("build_peak_bytes", "peak while building"), ("steady_bytes", "held between steps"),
                            ("step_peak_bytes", "peak while stepping")):
             guess = predicted(rows, precision, key)
             lines.append(f"| {precision} | {label} | {guess[4] / gib:.2f} | {guess[8] / gib:.2f} |")
-    lines += ["", f"Teacher share per rank: {ds[0]['teacher_bytes_held'] / plain['teacher_bytes_held']:.3f} of the "
-              f"whole; held between steps per rank: {max(r['steady_bytes'] for r in ds) / plain['steady_bytes']:.2f} "
-              f"of the single process's; stepping peak: (2 ranks, fp32) "
-              f"{max(r['step_peak_bytes'] for r in ds) / plain['step_peak_bytes']:.2f}; step time ratio "
-              "(2 ranks / 1 process): "
-              f"{max(r['sec_per_step'] for r in ds) / plain['sec_per_step']:.2f}.",
-              "CPU figures are resident set sizes (they include the Python and torch runtime, ~0.5 GiB).",
-              "Held models are parameter bytes; ZeRO-3 keeps, per trained model and rank, flat partitions of the "
-              "parameters, their fp32 master copy, gradients and the two Adam moments (5 x P/N in an fp32 run).",
-              "The stepping peak adds DeepSpeed's transient buffers (gathered layers, flattened gradient and "
-              "optimizer temporaries) on top of what is held."]
-    (RESULTS / "deepspeed_memory.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    ds = [r for r in rows if r["engine"] == "deepspeed" and r["ranks"] == 2 and r["precision"] == "fp32"]
+    if ds:
+        lines += ["", f"Teacher share per rank: {ds[0]['teacher_bytes_held'] / plain['teacher_bytes_held']:.3f} of "
+                  f"the whole; held between steps per rank: "
+                  f"{max(r['steady_bytes'] for r in ds) / plain['steady_bytes']:.2f} of the single process's; "
+                  f"stepping peak: (2 ranks, fp32) "
+                  f"{max(r['step_peak_bytes'] for r in ds) / plain['step_peak_bytes']:.2f}; "
+                  "step time ratio (2 ranks / 1 process): "
+                  f"{max(r['sec_per_step'] for r in ds) / plain['sec_per_step']:.2f}."]
+    return [
+        *lines,
+        "CPU figures are resident set sizes (they include the Python and torch runtime, ~0.5 GiB).",
+        "Held models are parameter bytes; ZeRO-3 keeps, per trained model and rank, flat partitions of the "
+        "parameters, their fp32 master copy, gradients and the two Adam moments (5 x P/N in an fp32 run).",
+        "The stepping peak adds DeepSpeed's transient buffers (gathered layers, flattened gradient and "
+        "optimizer temporaries) on top of what is held."]
+
+
+SETTINGS = ["plain:1:fp32", "deepspeed:1:fp32", "deepspeed:2:fp32", "deepspeed:1:bf16", "deepspeed:2:bf16"]
+PRESETS = {"dit-xl-2": {"hidden": 1152, "depth": 28, "heads": 16, "input_size": 32}}   # DiT-XL/2's widths
 
 
 def main() -> None:
@@ -184,8 +237,12 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=16)
     parser.add_argument("--heads", type=int, default=12)
     parser.add_argument("--input-size", type=int, default=16)
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="a public DiT's widths (random weights)")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--settings", nargs="+", default=SETTINGS,
+                        help="engine:ranks:precision, engine plain or deepspeed, precision fp32, bf16_autocast, bf16")
+    parser.add_argument("--name", default="deepspeed_memory", help="results file stem under benchmarks/results/")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--engine", choices=["plain", "deepspeed"], help=argparse.SUPPRESS)
     parser.add_argument("--teacher", help=argparse.SUPPRESS)
@@ -196,16 +253,18 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
+    if args.preset:
+        vars(args).update(PRESETS[args.preset])
     network = DiTOptions(input_size=args.input_size, patch_size=2, in_channels=4, hidden_size=args.hidden,
                          depth=args.depth, num_heads=args.heads, num_classes=10, learn_sigma=False)
+    settings = [(engine, int(ranks), precision) for engine, ranks, precision in (s.split(":") for s in args.settings)]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         teacher = write_teacher(folder, network)
-        settings = [("plain", 1, "fp32")] + [("deepspeed", n, p) for p in ("fp32", "bf16") for n in (1, 2)]
         rows = [row for setting in settings for row in run_setting(*setting, teacher, folder, args)]
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor() or 'x86'})"
     write_results(rows, {"batch": args.batch, "steps": args.steps, "device": device, "network": vars(network),
-                         "torch": torch.__version__})
+                         "torch": torch.__version__}, args.name)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ one warm-up chunk ran, on CUDA max_memory_allocated minus the allocation after t
     python benchmarks/video_streaming.py [--frames 12 24 48 96] [--batch 8] [--threads 2] [--device cpu]
     python benchmarks/video_streaming.py --quick      # 12 and 24 frames, a smoke run
 
-Writes benchmarks/results/video_streaming.json and .md."""
+Writes benchmarks/results/video_streaming.json and .md (`--name` another stem)."""
 
 from __future__ import annotations
 
@@ -287,6 +287,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--num-heads", type=int, default=4)
     parser.add_argument("--chunk-frames", type=int, default=2)
     parser.add_argument("--window", type=int, default=8, help="rolling cache window (frames)")
+    parser.add_argument("--name", default="video_streaming", help="results file stem under benchmarks/results/")
     parser.add_argument("--point", help=argparse.SUPPRESS)
     parser.add_argument("--output", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -314,9 +315,9 @@ def main() -> None:
         "memory_kind": "CUDA max_memory_allocated" if args.device.type == "cuda" else "peak RSS",
         "rows": rows, "targets": targets(rows), "wall_seconds": time.perf_counter() - started}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "video_streaming.json").write_text(json.dumps(results, indent=2))
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(results, indent=2))
     table = markdown(results)
-    (RESULTS / "video_streaming.md").write_text(table)
+    (RESULTS / f"{args.name}.md").write_text(table)
     print(table)
     bad = [f"{r['frames']} frames {r['policy']}: {r['max_abs_diff']:.1e}" for r in results["rows"] if not r["agrees"]]
     assert not bad, f"cached and recomputed outputs differ beyond {TOLERANCE:g}: {bad}"

@@ -57,7 +57,9 @@ class TrainConfig:
     `sample_every` / `checkpoint_every` 0: only the grid and checkpoint written at the end of the run.
     `precision`: fp32; bf16_autocast (fp32 weights, matrix products in bfloat16); bf16 (DeepSpeed: bfloat16
     parameters and gradients, fp32 master weights and Adam moments in the optimizer partitions).
-    `teacher_dtype` / `ema_dtype`: what the frozen teacher and the student's EMA are held in."""
+    `teacher_dtype` / `ema_dtype`: what the frozen teacher and the student's EMA are held in.
+    `memory_per_rank_gib`: what one rank may give the teacher's parameters (null: what is free on its device); a
+    teacher whose share is larger stops the run before it is read."""
 
     steps: int = 1000
     batch_size: int = 64
@@ -71,6 +73,7 @@ class TrainConfig:
     precision: Literal["fp32", "bf16", "bf16_autocast"] = "fp32"
     teacher_dtype: Literal["fp32", "bf16"] = "fp32"
     ema_dtype: Literal["fp32", "bf16"] = "fp32"
+    memory_per_rank_gib: float | None = None
     log_every: int = 10
     sample_every: int = 0
     checkpoint_every: int = 0

@@ -29,6 +29,7 @@ from potstill.core.engine import (
     resolve_device,
 )
 from potstill.core.registry import ENGINES
+from potstill.core.sequence_parallel import SequenceGroup, set_sequence_group
 from potstill.core.zero_build import copy_module, is_partitioned
 
 DEEPSPEED_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "deepspeed"
@@ -39,12 +40,15 @@ TAG = "state"
 @dataclass
 class DeepSpeedOptions:
     """`zero_stage` for the trained models; `config_file` (a DeepSpeed JSON, looked up as given, then
-    under configs/deepspeed/) adds any other DeepSpeed setting beneath the ones potstill sets."""
+    under configs/deepspeed/) adds any other DeepSpeed setting beneath the ones potstill sets.
+    `sequence_parallel`: ranks that split each clip's frames between them (Ulysses, core/sequence_parallel.py);
+    it must divide the number of ranks, and the data-parallel ranks are the groups."""
 
     zero_stage: Literal[0, 1, 2, 3] = 2
     config_file: str | None = None
     backend: Literal["auto", "gloo", "nccl"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    sequence_parallel: int = 1
 
 
 def read_deepspeed_json(name: str | None) -> dict:
@@ -95,12 +99,25 @@ class DeepSpeedEngine(Engine):
             deepspeed.init_distributed(dist_backend=backend)
         self.rank = torch.distributed.get_rank()
         self.world_size = torch.distributed.get_world_size()
-        parallel.set_place(self.rank, self.world_size)
+        self.sequence_parallel = self._sequence_groups(self.options.sequence_parallel)
+        parallel.set_place(self.rank // self.sequence_parallel, self.world_size // self.sequence_parallel,
+                           self.is_main)
         self.device = resolve_device(self.options.device)
         if self.device.type == "cuda":
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
             torch.cuda.set_device(self.device)
         self._frozen_engines: list[Any] = []
+
+    def _sequence_groups(self, size: int) -> int:
+        """Ranks 0..size-1, size..2 size-1, ... split each clip's frames (every rank makes every group)."""
+        if size < 1 or self.world_size % size:
+            raise ConfigError(f"engine.sequence_parallel: must be at least 1 and divide the {self.world_size} ranks, "
+                              f"got {size}")
+        if size > 1:
+            groups = [torch.distributed.new_group(list(range(first, first + size)))
+                      for first in range(0, self.world_size, size)]
+            set_sequence_group(SequenceGroup(groups[self.rank // size], self.rank % size, size))
+        return size
 
     def _config(self, stage: int, grad_clip: float | None, bf16: bool) -> dict:
         ours = {
@@ -117,6 +134,10 @@ class DeepSpeedEngine(Engine):
         return deep_merge(deep_merge(base, self.user_config), ours)
 
     def prepare(self, name: str, parts: list[Part]) -> Trainable:
+        if self.sequence_parallel > 1 and any(p.name == "discriminator" for p in parts):
+            raise ConfigError("engine.sequence_parallel: a discriminator's heads see whole clips on every rank of a "
+                              "sequence group, so their gradients would count once per rank; remove the adversary or "
+                              "set engine.sequence_parallel: 1")
         clips = [p.optim.grad_clip for p in parts if p.optim.grad_clip]
         module = parts[0].module if len(parts) == 1 else nn.ModuleDict({p.name: p.module for p in parts})
         if self.train.precision == "bf16":     # DeepSpeed leaves a model's dtypes alone once any part is partitioned
@@ -162,7 +183,8 @@ class DeepSpeedEngine(Engine):
         start_micro_step = getattr(engine.optimizer, "clear_backward_seen_flag", None)
         if start_micro_step is not None:
             start_micro_step()   # what DeepSpeed's engine.forward() does; potstill calls the models' own methods
-        engine.backward(loss)
+        # a sequence group's ranks each hold a part of one gradient: DeepSpeed's mean over ranks must be their sum
+        engine.backward(loss * self.sequence_parallel)
         if not engine.is_gradient_accumulation_boundary():
             engine.step()
 
@@ -256,7 +278,8 @@ class DeepSpeedEngine(Engine):
         return values
 
     def sum_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
-        return {k: v * self.world_size for k, v in self.reduce_metrics(metrics).items()}
+        """Counters summed over data-parallel ranks (the ranks of a sequence group count the same rows)."""
+        return {k: v * parallel.PLACE.world_size for k, v in self.reduce_metrics(metrics).items()}
 
 
 ENGINES.register("deepspeed", DeepSpeedOptions)(DeepSpeedEngine)

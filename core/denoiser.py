@@ -38,10 +38,10 @@ class Denoiser(nn.Module):
     def _backbone_precision(self) -> contextlib.AbstractContextManager:
         """A backbone held in bfloat16 (a teacher or EMA with `train.*_dtype: bf16`, a student under DeepSpeed
         bf16) computes under bf16 autocast, so fp32 inputs meet it in any caller; others run as called."""
-        low = next((p for p in self.backbone.parameters() if p.dtype == torch.bfloat16), None)
-        if low is None:
+        first = next(self.backbone.parameters(), None)       # every parameter is cast alike
+        if first is None or first.dtype != torch.bfloat16:
             return contextlib.nullcontext()
-        return torch.autocast(low.device.type, dtype=torch.bfloat16)
+        return torch.autocast(first.device.type, dtype=torch.bfloat16)
 
     def _raw(self, x_t: torch.Tensor, t: torch.Tensor, cond, features: list[int] | None, **backbone_kwargs):
         with self._backbone_precision():

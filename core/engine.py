@@ -18,6 +18,7 @@ from torch import nn
 
 from potstill.core import parallel
 from potstill.core.config import ConfigError, OptimConfig, TrainConfig
+from potstill.core.memory_budget import GIB, free_memory
 from potstill.core.registry import ENGINES
 
 
@@ -173,6 +174,12 @@ class Engine(ABC):
     def teacher_partition(self, shard: bool) -> Any | None:
         """`partition_for` the frozen teacher: partitioned when `teacher.shard`, in `train.teacher_dtype`."""
         return self.partition_for(shard, DTYPES[self.train.teacher_dtype])
+
+    def memory_budget(self) -> int | None:
+        """Bytes a rank may give a model's parameters: `train.memory_per_rank_gib`, else what is free on the
+        device (core/memory_budget.py)."""
+        limit = self.train.memory_per_rank_gib
+        return int(limit * GIB) if limit is not None else free_memory(self.device)
 
     def copy_model(self, module: nn.Module, partitioned: bool = False, dtype: torch.dtype | None = None,
                    memo: dict | None = None) -> nn.Module:

@@ -132,7 +132,7 @@ def load_or_make(teacher: Denoiser, modality, settings: PairSettings, device: to
         check_saved(path, read_pairs_metadata(path, key), wanted, key)
         return load_file(path)
     pairs = make_pairs(teacher, modality, settings, device, batch)  # every rank: a sharded teacher needs all
-    if path is not None and parallel.PLACE.rank == 0:
+    if path is not None and parallel.PLACE.main:
         write_pairs(path, pairs, wanted)
     return pairs
 

@@ -19,10 +19,13 @@ T = TypeVar("T")
 
 @dataclass
 class DataParallel:
-    """Rank and world size of this process; (0, 1) outside a distributed launch."""
+    """This process's data-parallel rank and the number of data-parallel ranks, (0, 1) outside a distributed launch
+    (ranks of one sequence-parallel group share a rank: they draw the same rows); `main`: this process writes
+    files every rank would otherwise write alike."""
 
     rank: int = 0
     world_size: int = 1
+    main: bool = True
 
     def rows(self, n_local: int) -> slice:
         """This rank's rows of a global batch of `n_local * world_size`."""
@@ -32,9 +35,9 @@ class DataParallel:
 PLACE = DataParallel()
 
 
-def set_place(rank: int, world_size: int) -> None:
+def set_place(rank: int, world_size: int, main: bool = True) -> None:
     """Set by the engine once the process group exists."""
-    PLACE.rank, PLACE.world_size = rank, world_size
+    PLACE.rank, PLACE.world_size, PLACE.main = rank, world_size, main
 
 
 def local_batch_size(global_batch: int, key: str = "train.batch_size") -> int:

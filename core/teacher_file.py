@@ -80,13 +80,14 @@ def build_backbone(meta: dict, key: str, source: str) -> torch.nn.Module:
 
 
 def build_trained_denoiser(checkpoint: str, key: str = "teacher.checkpoint", partition: Any | None = None,
-                           dtype: torch.dtype | None = None) -> Denoiser:
+                           dtype: torch.dtype | None = None, budget: int | None = None) -> Denoiser:
     """A Denoiser from a teacher file, its weights checked against the recorded architecture and streamed in tensor
-    by tensor; with `partition` (an engine's, under ZeRO-3) split across ranks as they arrive, in `dtype`.
-    `.metadata` holds the file's metadata for modalities to read (the data section, for one)."""
+    by tensor; with `partition` (an engine's, under ZeRO-3) split across ranks as they arrive, in `dtype`; refused
+    before it is read when its share exceeds `budget` bytes. `.metadata` holds the file's metadata for modalities
+    to read (the data section, for one)."""
     path, meta = read_teacher_file(checkpoint, key)
     backbone = build_with_weights(lambda: build_backbone(meta, key, checkpoint), path, key, checkpoint,
-                                  meta["backbone"], partition, dtype)
+                                  meta["backbone"], partition, dtype, budget)
     try:
         schedule = build_schedule(meta["schedule"], meta["schedule_options"], "schedule")
     except (ConfigError, reg.UnknownNameError) as error:
@@ -106,12 +107,12 @@ class TrainedTeacherOptions:
 
 
 def teacher_partition(context) -> dict[str, Any]:
-    """How a run's engine builds its teacher: `partition` and `dtype` for `build_with_weights` (split across ranks
-    under ZeRO-3 with `teacher.shard`); none for a teacher built outside a run."""
+    """How a run's engine builds its teacher: `partition`, `dtype` and memory `budget` for `build_with_weights`
+    (split across ranks under ZeRO-3 with `teacher.shard`); none for a teacher built outside a run."""
     if context is None:
         return {}
     return {"partition": context.engine.teacher_partition(context.config.teacher.shard),
-            "dtype": DTYPES[context.config.train.teacher_dtype]}
+            "dtype": DTYPES[context.config.train.teacher_dtype], "budget": context.engine.memory_budget()}
 
 
 reg.TEACHERS.register("trained", TrainedTeacherOptions)(

@@ -14,6 +14,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
+from potstill.core.memory_budget import check_fits
 from potstill.core.weights import check_state, listed, read_torch_state
 
 
@@ -57,14 +58,20 @@ def expected_shapes(targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
 
 
 def build_with_weights(factory: Callable[[], nn.Module], path: Path, key: str, source: str, what: str,
-                       partition: Any | None = None, dtype: torch.dtype | None = None) -> nn.Module:
+                       partition: Any | None = None, dtype: torch.dtype | None = None,
+                       budget: int | None = None) -> nn.Module:
     """`factory()` with the weights of `path`. With `partition` (a `deepspeed.zero.Init`) it is built on the meta
     device, which holds nothing, and each parameter is then materialised alone, in `dtype` (None: fp32): read on rank 0,
     broadcast and split across ranks, so no rank ever holds more than one whole tensor; without, built whole and
-    loaded tensor by tensor."""
+    loaded tensor by tensor. A model whose share on this rank exceeds `budget` bytes is refused before anything is
+    built or read."""
+    dtype = dtype or torch.float32
+    ranks = torch.distributed.get_world_size() if partition is not None else 1
+    with tensor_reader(path, key) as (shapes, _):
+        stored = sum(t.numel() for t in shapes.values())
+    check_fits(stored * dtype.itemsize // ranks, budget, key, ranks, partition is not None)
     if partition is None:
         return load_weights(factory(), path, key, source, what)
-    dtype = dtype or torch.float32
     with torch.device("meta"):
         module = factory()
     targets = module.state_dict(keep_vars=True)

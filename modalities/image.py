@@ -50,9 +50,10 @@ def recorded_dit_options(meta: dict[str, Any], checkpoint: str) -> dict[str, Any
 
 
 def build_dit_denoiser(options: DiTTeacherOptions, partition: Any | None = None,
-                      dtype: torch.dtype | None = None) -> Denoiser:
+                      dtype: torch.dtype | None = None, budget: int | None = None) -> Denoiser:
     """The DiT teacher a weights file names, its weights streamed in tensor by tensor; with `partition` (an
-    engine's, under ZeRO-3) split across ranks as they arrive, in `dtype`."""
+    engine's, under ZeRO-3) split across ranks as they arrive, in `dtype`; refused before it is read when its
+    share exceeds `budget` bytes."""
     path = resolve_weights(options.checkpoint, "teacher.checkpoint")
     meta = read_metadata(path, "teacher.checkpoint")
     dit_values = recorded_dit_options(meta, options.checkpoint)
@@ -63,7 +64,7 @@ def build_dit_denoiser(options: DiTTeacherOptions, partition: Any | None = None,
     dit_values |= options.dit or {}
     dit_options = from_dict(DiTOptions, dit_values, "teacher.dit")
     backbone = build_with_weights(lambda: DiT(dit_options), path, "teacher.checkpoint", options.checkpoint, "DiT",
-                                  partition, dtype)
+                                  partition, dtype, budget)
     schedule_name = options.schedule or meta.get("schedule", "edm")
     schedule_options = options.schedule_options if options.schedule_options is not None else meta.get(
         "schedule_options", {})

@@ -127,7 +127,9 @@ def test_a_teacher_built_under_zero3_never_exists_whole_on_a_rank(tmp_path):
     copied partition by partition (equal to the teacher's slices, partitioned, trainable); a whole copy gathers one
     parameter at a time. Each rank's resident memory grows during the build by at most its half of the teacher,
     the largest tensor and 32 MiB (allocator slack), where building it whole would take all of it; rank 0, which
-    reads the file, also holds the file's mapped pages (page cache the kernel reclaims under pressure)."""
+    reads the file, also holds the file's mapped pages (page cache the kernel reclaims under pressure). With 3/4 of
+    the teacher's bytes to spend (`train.memory_per_rank_gib`), it is refused on one rank before it is read, with
+    the remedy, and built split over two."""
     network = DiTOptions(input_size=8, patch_size=2, in_channels=4, hidden_size=384, depth=8, num_heads=6,
                          num_classes=10, learn_sigma=False)
     tiny = replace(network, hidden_size=32, depth=1, num_heads=2)
@@ -142,6 +144,8 @@ def test_a_teacher_built_under_zero3_never_exists_whole_on_a_rank(tmp_path):
         assert r["teacher_partitioned"] and r["student_partitioned"] and r["student_trains"]
         assert r["whole_copy_whole"] and r["whole_copy_equal"]
         assert r["mismatched"] == [] and r["copies_differ"] == []
+        assert "teacher.checkpoint: its parameters need" in r["refused_whole"] and "split it across ranks" in \
+            r["refused_whole"]
         assert r["teacher_held"] == pytest.approx(total / 2, rel=0.01)
         mapped_file = (tmp_path / "teacher.safetensors").stat().st_size if r["rank"] == 0 else 0
         assert r["build_growth_bytes"] <= 4 * total / 2 + r["largest_tensor_bytes"] + 2**25 + mapped_file, r
@@ -160,14 +164,17 @@ def test_two_ranks_distill_digits_as_one_process(digits_two_ranks, tmp_path):
                                                                       tmp_path / "one"))
 
 
-def test_two_ranks_roll_out_the_causal_student_as_one_process(tmp_path):
+@pytest.mark.parametrize("sequence_parallel", [1, 2])
+def test_two_ranks_roll_out_the_causal_student_as_one_process(tmp_path, sequence_parallel):
     """Self-Forcing's KV-cached rollout (exit step drawn once for all ranks) on ZeRO-3 with a sharded teacher
-    logs the losses of one process with the same global batch."""
+    logs the losses of one process with the same global batch: as 2 data-parallel ranks, and as one sequence group
+    of 2 ranks splitting each clip's frames (teacher, fake score and student all Ulysses-parallel)."""
     teacher = train_tiny_teacher(tmp_path / "teacher")
     config = VIDEO / "moving_digits_self_forcing.yaml"
     run = [*QUICK, f"teacher.checkpoint={teacher}", "train.steps=4", "train.batch_size=4", "train.generator_every=2",
            "train.checkpoint_every=0", "eval.n_samples=4", "eval.batch_size=4"]
-    two = [*run, "engine.kind=deepspeed", "engine.zero_stage=3", "teacher.shard=true"]
+    two = [*run, "engine.kind=deepspeed", "engine.zero_stage=3", "teacher.shard=true",
+           f"engine.sequence_parallel={sequence_parallel}"]
     run_launch(distill_command(config, tmp_path / "two", two), ROOT)
     assert_same_losses(logged_losses(tmp_path / "two"), plain_losses(config, two, tmp_path / "one"))
 
@@ -190,6 +197,20 @@ def test_two_ranks_in_bf16_train_as_one_process_in_bf16(tmp_path):
     assert {t.dtype for t in optimizer["fp32_flat_groups"]} == {torch.float32}
     assert {m.dtype for state in optimizer["optimizer_state_dict"]["state"].values()
             for key, m in state.items() if key != "step"} == {torch.float32}
+
+
+def test_sequence_parallel_video_dit_answers_as_one_rank(tmp_path):
+    """Ulysses (`engine.sequence_parallel: 2`): a float64 video DiT with each clip's frames split over 2 ranks gives
+    one rank's output, features and gradients (input and parameters, each rank's part summed) bidirectional and
+    block-causal, and streams with its KV cache as one rank's masked forward, to 1e-12 relative."""
+    script = ROOT / "tests" / "distributed" / "sequence_parallel.py"
+    run_launch(launch_command(str(script), str(tmp_path)), ROOT)
+    for rank in (0, 1):
+        report = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert report["group_size"] == 2 and report["data_parallel_ranks"] == 1
+        for case in ("bidirectional", "causal", "streaming"):
+            worst = max(report[case], key=report[case].get)
+            assert report[case][worst] < 1e-12, (case, worst, report[case][worst])
 
 
 def test_ranks_stream_their_own_shards(digits_two_ranks_from_shards):

@@ -1,7 +1,8 @@
 """Run under `deepspeed --num_gpus 2` with two DiT teacher files, a tiny one and the one checked: the teacher built
 under ZeRO-3 one parameter at a time from its file, and the student and whole copies made from it; each rank
 writes what it saw and how much its resident memory grew while building (after building the tiny teacher the same
-way, so that DeepSpeed's one-time start-up costs are not counted)."""
+way, so that DeepSpeed's one-time start-up costs are not counted); and with a budget of 3/4 of the teacher, the
+teacher refused whole on one rank and built split over two."""
 
 import json
 import sys
@@ -30,6 +31,14 @@ def main(warm_up: Path, path: Path, out: Path) -> None:
     teacher = build_dit_denoiser(DiTTeacherOptions(checkpoint=str(path)), engine.teacher_partition(True),
                                  torch.float32)
     build_growth = status_bytes("VmHWM") - before
+    whole_bytes = path.stat().st_size
+    try:
+        build_dit_denoiser(DiTTeacherOptions(checkpoint=str(path)), None, torch.float32, budget=3 * whole_bytes // 4)
+        refused_whole = ""
+    except MemoryError as error:
+        refused_whole = str(error)
+    build_dit_denoiser(DiTTeacherOptions(checkpoint=str(path)), engine.teacher_partition(True), torch.float32,
+                       budget=3 * whole_bytes // 4)
     student = engine.trained_copy(teacher.backbone)
     whole = engine.copy_model(teacher.backbone)
     stored = load_file(path)
@@ -53,6 +62,7 @@ def main(warm_up: Path, path: Path, out: Path) -> None:
         "mismatched": mismatched,
         "copies_differ": copies_differ,
         "build_growth_bytes": build_growth,
+        "refused_whole": refused_whole,
     }
     (out / f"rank{engine.rank}.json").write_text(json.dumps(report))
     engine.close()
