@@ -220,10 +220,10 @@ def test_ranks_stream_their_own_shards(digits_two_ranks_from_shards):
     assert rows[-1]["data_skipped"] == 0
 
 
-def test_killed_run_resumes_on_the_same_loss_curve(digits_two_ranks_from_shards, shard_run, tmp_path):
-    out = tmp_path / "killed"
-    process = subprocess.Popen(distill_command(DIGITS, out, shard_run), cwd=ROOT, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def kill_at_first_checkpoint(command: list[str], out: Path, steps: int) -> None:
+    """Start a run, SIGKILL all its ranks once its first checkpoint is written, and check it was cut mid-way."""
+    process = subprocess.Popen(command, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while not (out / "checkpoints" / "latest").is_file() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -231,9 +231,29 @@ def test_killed_run_resumes_on_the_same_loss_curve(digits_two_ranks_from_shards,
     process.wait()
     assert not (out / "report.json").exists(), "the run finished before it could be killed"
     stopped_at = int((out / "checkpoints" / "latest").read_text().split("_")[1])
-    assert 0 < stopped_at < 12
+    assert 0 < stopped_at < steps
+
+
+def test_killed_run_resumes_on_the_same_loss_curve(digits_two_ranks_from_shards, shard_run, tmp_path):
+    out = tmp_path / "killed"
+    kill_at_first_checkpoint(distill_command(DIGITS, out, shard_run), out, 12)
     run_launch(distill_command(DIGITS, out, shard_run, resume=True), ROOT)
     assert logged_losses(out) == logged_losses(digits_two_ranks_from_shards)
+
+
+def test_killed_bf16_sequence_parallel_run_resumes_exactly(tmp_path):
+    """Self-Forcing in DeepSpeed bf16 with each clip's frames split over 2 ranks (and the teacher sharded): killed
+    after its first checkpoint and resumed, it logs the uninterrupted run's losses exactly."""
+    teacher = train_tiny_teacher(tmp_path / "teacher")
+    config = VIDEO / "moving_digits_self_forcing.yaml"
+    run = [*QUICK, f"teacher.checkpoint={teacher}", "train.steps=10", "train.batch_size=4", "train.generator_every=2",
+           "train.checkpoint_every=1", "eval.n_samples=4", "eval.batch_size=4", "engine.kind=deepspeed",
+           "engine.zero_stage=3", "teacher.shard=true", "engine.sequence_parallel=2", "train.precision=bf16"]
+    run_launch(distill_command(config, tmp_path / "whole", run), ROOT)
+    killed = tmp_path / "killed"
+    kill_at_first_checkpoint(distill_command(config, killed, run), killed, 10)
+    run_launch(distill_command(config, killed, run, resume=True), ROOT)
+    assert logged_losses(killed) == logged_losses(tmp_path / "whole")
 
 
 def test_deepspeed_run_samples_without_deepspeed(digits_two_ranks):
