@@ -27,8 +27,9 @@ from potstill.core.config import ConfigError
 from potstill.core.denoiser import Denoiser
 from potstill.core.diffusers_schedule import load_scheduler_schedule
 from potstill.core.diffusers_vae import config_class_name
-from potstill.core.pretrained import load_pretrained
+from potstill.core.pretrained import load_pretrained, load_pretrained_partitioned
 from potstill.core.registry import TEACHERS
+from potstill.core.teacher_file import teacher_partition
 
 
 def unet_blocks(model: nn.Module) -> list[nn.Module]:
@@ -285,7 +286,12 @@ def build_diffusers_teacher(options: DiffusersTeacherOptions, context) -> Denois
 
     location = locate_model(options)
     folder = location.folder
-    model = load_pretrained(getattr(diffusers, location.model_class), folder, location.subfolder, "teacher.path")
+    model_class = getattr(diffusers, location.model_class)
+    split = teacher_partition(context)
+    if split.get("partition") is not None:
+        model = load_pretrained_partitioned(model_class, folder, location.subfolder, "teacher.path", **split)
+    else:
+        model = load_pretrained(model_class, folder, location.subfolder, "teacher.path")
     schedule, prediction = load_scheduler_schedule(folder, options.scheduler_subfolder)
     reader = MODEL_CLASSES[location.model_class]
     num_classes, null_class = reader.classes(model)

@@ -108,8 +108,8 @@ class TrainedTeacherOptions:
 
 def teacher_partition(context) -> dict[str, Any]:
     """How a run's engine builds its teacher: `partition`, `dtype` and memory `budget` for `build_with_weights`
-    (split across ranks under ZeRO-3 with `teacher.shard`); none for a teacher built outside a run."""
-    if context is None:
+    (split across ranks under ZeRO-3 with `teacher.shard`); none for a teacher built outside a run's engine."""
+    if getattr(context, "engine", None) is None:
         return {}
     return {"partition": context.engine.teacher_partition(context.config.teacher.shard),
             "dtype": DTYPES[context.config.train.teacher_dtype], "budget": context.engine.memory_budget()}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from potstill.core.memory_budget import check_fits
-from potstill.core.weights import check_state, listed, read_torch_state
+from potstill.core.weights import check_state, read_torch_state
 
 
 def is_partitioned(tensor: torch.Tensor) -> bool:
@@ -41,11 +41,11 @@ def assign(target: torch.Tensor, read: Callable[[], torch.Tensor]) -> None:
             target.copy_(read())
 
 
-def load_weights(module: nn.Module, path: Path, key: str, source: str, what: str) -> nn.Module:
-    """A weights file into a built `module`, whole or partitioned, tensor by tensor (see `tensor_reader`); names
-    and shapes are checked against the module before any tensor is read."""
+def load_weights(module: nn.Module, paths: Path | list[Path], key: str, source: str, what: str) -> nn.Module:
+    """A model's weights into a built `module`, whole or partitioned, tensor by tensor (see `tensor_reader`);
+    names and shapes are checked against the module before any tensor is read."""
     targets = module.state_dict(keep_vars=True)
-    with tensor_reader(path, key) as (shapes, read):
+    with tensor_reader(paths, key) as (shapes, read):
         check_state(expected_shapes(targets), shapes, key, source, what)
         for name, target in targets.items():
             assign(target, lambda name=name: read(name))
@@ -57,36 +57,35 @@ def expected_shapes(targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return {name: torch.empty(full_shape(t), device="meta") for name, t in targets.items()}
 
 
-def build_with_weights(factory: Callable[[], nn.Module], path: Path, key: str, source: str, what: str,
+def build_with_weights(factory: Callable[[], nn.Module], paths: Path | list[Path], key: str, source: str, what: str,
                        partition: Any | None = None, dtype: torch.dtype | None = None,
                        budget: int | None = None) -> nn.Module:
-    """`factory()` with the weights of `path`. With `partition` (a `deepspeed.zero.Init`) it is built on the meta
-    device, which holds nothing, and each parameter is then materialised alone, in `dtype` (None: fp32): read on rank 0,
-    broadcast and split across ranks, so no rank ever holds more than one whole tensor; without, built whole and
-    loaded tensor by tensor. A model whose share on this rank exceeds `budget` bytes is refused before anything is
-    built or read."""
+    """`factory()` with the weights of `paths` (one file, or the shards of one model). With `partition` (a
+    `deepspeed.zero.Init`) its parameters are made on the meta device, which holds nothing (buffers, which a model
+    may compute as it is made, are made for real), and each parameter is then materialised alone, in `dtype` (None:
+    fp32): read on rank 0, broadcast and split across ranks, so no rank ever holds more than one whole tensor;
+    without, built whole and loaded tensor by tensor. A model whose share on this rank exceeds `budget` bytes is
+    refused before anything is built or read."""
+    from accelerate import init_empty_weights
+
     dtype = dtype or torch.float32
     ranks = torch.distributed.get_world_size() if partition is not None else 1
-    with tensor_reader(path, key) as (shapes, _):
+    with tensor_reader(paths, key) as (shapes, _):
         stored = sum(t.numel() for t in shapes.values())
     check_fits(stored * dtype.itemsize // ranks, budget, key, ranks, partition is not None)
     if partition is None:
-        return load_weights(factory(), path, key, source, what)
-    with torch.device("meta"):
+        return load_weights(factory(), paths, key, source, what)
+    with init_empty_weights(include_buffers=False):
         module = factory()
     targets = module.state_dict(keep_vars=True)
     main = torch.distributed.get_rank() == 0
     made: dict[int, torch.Tensor] = {}
-    with tensor_reader(path, key) as (shapes, read):
+    with tensor_reader(paths, key) as (shapes, read):
         check_state(expected_shapes(targets), shapes, key, source, what)
         for name, target in targets.items():
             if id(target) not in made:
                 made[id(target)] = materialise(target, lambda name=name: read(name), partition, dtype, main)
             put(module, name, made[id(target)])
-    left = [name for name, buffer in module.named_buffers() if buffer.is_meta]
-    if left:
-        raise ValueError(f"{key}: {what} computes buffers its weights file does not hold ({listed(left)}), so it "
-                         "cannot be built partitioned; set teacher.shard: false")
     return module
 
 
@@ -113,20 +112,25 @@ def put(module: nn.Module, name: str, tensor: torch.Tensor) -> None:
 
 
 @contextmanager
-def tensor_reader(path: Path, key: str):
-    """(meta tensors of every stored shape, read(name)) for a weights file: safetensors read one tensor at a time,
-    a torch checkpoint (which cannot be read in parts) loaded whole."""
-    if path.suffix != ".safetensors":
-        state = read_torch_state(path, key)
+def tensor_reader(paths: Path | list[Path], key: str):
+    """(meta tensors of every stored shape, read(name)) for a model's weights: safetensors files (one, or a model's
+    shards) read one tensor at a time, a torch checkpoint (which cannot be read in parts) loaded whole."""
+    paths = [paths] if isinstance(paths, Path) else paths
+    if paths[0].suffix != ".safetensors":
+        state = read_torch_state(paths[0], key)
         yield {name: torch.empty(t.shape, device="meta") for name, t in state.items()}, state.__getitem__
         return
-    try:
-        with safe_open(str(path), "pt") as weights:
-            names = weights.keys()
-            shapes = {name: torch.empty(weights.get_slice(name).get_shape(), device="meta") for name in names}
-            yield shapes, weights.get_tensor
-    except SafetensorError as error:
-        raise ValueError(f"{key}: {path} is not a readable safetensors file ({error})") from None
+    with ExitStack() as files:
+        owner, shapes = {}, {}
+        for path in paths:
+            try:
+                weights = files.enter_context(safe_open(str(path), "pt"))
+            except SafetensorError as error:
+                raise ValueError(f"{key}: {path} is not a readable safetensors file ({error})") from None
+            for name in weights.keys():       # noqa: SIM118  (a safetensors handle is not a mapping)
+                owner[name] = weights
+                shapes[name] = torch.empty(weights.get_slice(name).get_shape(), device="meta")
+        yield shapes, lambda name: owner[name].get_tensor(name)
 
 
 def meta_twin(module: nn.Module) -> nn.Module:

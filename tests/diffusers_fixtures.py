@@ -170,15 +170,23 @@ def save_sd3_pipeline(folder: Path) -> Path:
     return folder / "pipeline"
 
 
+def tiny_wan_transformer():
+    """Wan's video transformer on 2x3x4x4 latents attending to 24-wide text tokens (its RoPE tables are buffers
+    it computes as it is made)."""
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(0)
+    return perturb(WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8,
+                                         in_channels=2, out_channels=2, text_dim=24, freq_dim=16, ffn_dim=32,
+                                         num_layers=2, rope_max_seq_len=32))
+
+
 def save_wan_like(folder: Path) -> Path:
     """A Wan folder's parts: a video transformer on 2x3x4x4 latents attending to a T5's 24-wide tokens, Wan's
     UniPC scheduler on flow sigmas with a flow shift, a Wan VAE from grey 5x8x8 clips to those latents, and UMT5."""
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler
 
-    torch.manual_seed(0)
-    perturb(WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=2,
-                                  out_channels=2, text_dim=24, freq_dim=16, ffn_dim=32, num_layers=2,
-                                  rope_max_seq_len=32)).save_pretrained(folder / "transformer")
+    tiny_wan_transformer().save_pretrained(folder / "transformer")
     UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0
                             ).save_pretrained(folder / "scheduler")
     torch.manual_seed(4)

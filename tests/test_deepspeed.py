@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from diffusers_fixtures import tiny_wan_transformer
 from safetensors.torch import load_file, save_file
 
 from potstill.backbones.dit import DiT, DiTOptions
@@ -129,14 +130,18 @@ def test_a_teacher_built_under_zero3_never_exists_whole_on_a_rank(tmp_path):
     the largest tensor and 32 MiB (allocator slack), where building it whole would take all of it; rank 0, which
     reads the file, also holds the file's mapped pages (page cache the kernel reclaims under pressure). With 3/4 of
     the teacher's bytes to spend (`train.memory_per_rank_gib`), it is refused on one rank before it is read, with
-    the remedy, and built split over two."""
+    the remedy, and built split over two. A diffusers Wan transformer saved in shards streams into its partitions
+    from its index the same way, equal to its whole load, with the RoPE tables it computes as it is made."""
     network = DiTOptions(input_size=8, patch_size=2, in_channels=4, hidden_size=384, depth=8, num_heads=6,
                          num_classes=10, learn_sigma=False)
     tiny = replace(network, hidden_size=32, depth=1, num_heads=2)
     files = [write_dit_teacher(tmp_path / f"{name}.safetensors", options)
              for name, options in (("tiny", tiny), ("teacher", network))]
+    wan = tmp_path / "wan"
+    tiny_wan_transformer().save_pretrained(wan, max_shard_size="20KB")
+    assert len(list(wan.glob("*.safetensors"))) > 1
     script = ROOT / "tests" / "distributed" / "zero_build.py"
-    run_launch(launch_command(str(script), *map(str, files), str(tmp_path)), ROOT)
+    run_launch(launch_command(str(script), *map(str, files), str(tmp_path), str(wan)), ROOT)
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     total = reports[0]["teacher_total"]
     assert sum(r["teacher_held"] for r in reports) == pytest.approx(total, rel=1e-3)
@@ -144,6 +149,7 @@ def test_a_teacher_built_under_zero3_never_exists_whole_on_a_rank(tmp_path):
         assert r["teacher_partitioned"] and r["student_partitioned"] and r["student_trains"]
         assert r["whole_copy_whole"] and r["whole_copy_equal"]
         assert r["mismatched"] == [] and r["copies_differ"] == []
+        assert r["wan_partitioned"] and r["wan_differ"] == [] and r["wan_buffers_equal"]
         assert "teacher.checkpoint: its parameters need" in r["refused_whole"] and "split it across ranks" in \
             r["refused_whole"]
         assert r["teacher_held"] == pytest.approx(total / 2, rel=0.01)

@@ -2,7 +2,8 @@
 under ZeRO-3 one parameter at a time from its file, and the student and whole copies made from it; each rank
 writes what it saw and how much its resident memory grew while building (after building the tiny teacher the same
 way, so that DeepSpeed's one-time start-up costs are not counted); and with a budget of 3/4 of the teacher, the
-teacher refused whole on one rank and built split over two."""
+teacher refused whole on one rank and built split over two; and a Wan transformer saved in shards, streamed into
+partitions, against its whole load."""
 
 import json
 import sys
@@ -14,6 +15,7 @@ from safetensors.torch import load_file
 
 from potstill.core.config import TrainConfig
 from potstill.core.deepspeed_engine import DeepSpeedEngine, DeepSpeedOptions
+from potstill.core.pretrained import load_pretrained, load_pretrained_partitioned
 from potstill.core.zero_build import is_partitioned
 from potstill.modalities.image import DiTTeacherOptions, build_dit_denoiser
 
@@ -23,7 +25,25 @@ def status_bytes(field: str) -> int:
     return int(line.split()[1]) * 1024
 
 
-def main(warm_up: Path, path: Path, out: Path) -> None:
+def wan_streamed(folder: Path, engine: DeepSpeedEngine) -> dict:
+    """A sharded Wan transformer folder built split across ranks against the whole load: every parameter
+    partitioned and equal when gathered, and the RoPE buffers Wan computes as it is made equal."""
+    import diffusers
+
+    model_class = diffusers.WanTransformer3DModel
+    whole = load_pretrained(model_class, folder, None, "teacher.path")
+    split = load_pretrained_partitioned(model_class, folder, None, "teacher.path", engine.teacher_partition(True),
+                                        torch.float32, None)
+    differ = []
+    for (name, parameter), reference in zip(split.named_parameters(), whole.parameters(), strict=True):
+        with deepspeed.zero.GatheredParameters([parameter]):
+            if not torch.equal(parameter.data, reference):
+                differ.append(name)
+    return {"wan_partitioned": all(is_partitioned(p) for p in split.parameters()), "wan_differ": differ,
+            "wan_buffers_equal": all(torch.equal(a, b) for a, b in zip(split.buffers(), whole.buffers(), strict=True))}
+
+
+def main(warm_up: Path, path: Path, out: Path, wan: Path) -> None:
     engine = DeepSpeedEngine(DeepSpeedOptions(zero_stage=3), TrainConfig(batch_size=8))
     build_dit_denoiser(DiTTeacherOptions(checkpoint=str(warm_up)), engine.teacher_partition(True), torch.float32)
     Path("/proc/self/clear_refs").write_text("5")
@@ -63,6 +83,7 @@ def main(warm_up: Path, path: Path, out: Path) -> None:
         "copies_differ": copies_differ,
         "build_growth_bytes": build_growth,
         "refused_whole": refused_whole,
+        **wan_streamed(wan, engine),
     }
     (out / f"rank{engine.rank}.json").write_text(json.dumps(report))
     engine.close()
