@@ -182,7 +182,9 @@ class VideoDiT(AdaLNZeroBackbone):
     they attend to the cached frames the cache policy's window allows plus their own chunk; `write=True` then
     appends their K/V and advances the cache. Without one, the whole clip runs at once (masked when causal).
     Under sequence parallelism (core/sequence_parallel.py) each rank runs its share of the frames and the output
-    is gathered whole."""
+    is gathered whole, so its parameters' gradients on a rank are its frames' part (`splits_sequence`)."""
+
+    splits_sequence = True
 
     def __init__(self, options: VideoDiTOptions) -> None:
         super().__init__()

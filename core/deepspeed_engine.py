@@ -73,6 +73,17 @@ def skip_inference_shm_op(deepspeed: Any) -> None:
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
+def count_whole_gradients_once(module: nn.Module, group_size: int) -> None:
+    """Under sequence parallelism the loss is scaled by the group's size, so that DeepSpeed's mean over ranks sums
+    the parts of a gradient that a backbone splitting the frames (`splits_sequence`) leaves on each rank. A
+    parameter outside such a backbone (a discriminator's head on whole clips) has its whole gradient on every
+    rank: its gradient is divided back."""
+    split = {id(p) for sub in module.modules() if getattr(sub, "splits_sequence", False) for p in sub.parameters()}
+    for parameter in module.parameters():
+        if parameter.requires_grad and id(parameter) not in split:
+            parameter.register_hook(lambda grad: grad / group_size)
+
+
 class DeepSpeedEngine(Engine):
     """One DeepSpeed engine per Trainable; global batch split over ranks and micro-batches."""
 
@@ -136,14 +147,12 @@ class DeepSpeedEngine(Engine):
         return deep_merge(deep_merge(base, self.user_config), ours)
 
     def prepare(self, name: str, parts: list[Part]) -> Trainable:
-        if self.sequence_parallel > 1 and any(p.name == "discriminator" for p in parts):
-            raise ConfigError("engine.sequence_parallel: a discriminator's heads see whole clips on every rank of a "
-                              "sequence group, so their gradients would count once per rank; remove the adversary or "
-                              "set engine.sequence_parallel: 1")
         clips = [p.optim.grad_clip for p in parts if p.optim.grad_clip]
         module = parts[0].module if len(parts) == 1 else nn.ModuleDict({p.name: p.module for p in parts})
         if self.train.precision == "bf16":     # DeepSpeed leaves a model's dtypes alone once any part is partitioned
             cast_parameters(module, torch.bfloat16, self.device)
+        if self.sequence_parallel > 1:
+            count_whole_gradients_once(module, self.sequence_parallel)
         engine, *_ = self.deepspeed.initialize(model=module, optimizer=torch.optim.AdamW(adamw_groups(parts)),
                                                config=self._config(self.options.zero_stage, min(clips, default=None),
                                                                    self.train.precision == "bf16"))
