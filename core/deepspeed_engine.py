@@ -157,7 +157,18 @@ class DeepSpeedEngine(Engine):
                                                config=self._config(self.options.zero_stage, min(clips, default=None),
                                                                    self.train.precision == "bf16"))
         feed_norms_their_dtype(module, self.device)
+        self._gather_with_their_readers(module)
         return Trainable(name, parts, engine)
+
+    def _gather_with_their_readers(self, module: nn.Module) -> None:
+        """nn.MultiheadAttention reads its output projection's weights without calling that layer, so ZeRO-3,
+        which gathers a layer's parameters as the layer runs, is told to gather them with the attention."""
+        if self.options.zero_stage != 3:
+            return
+        for sub in module.modules():
+            if isinstance(sub, nn.MultiheadAttention):
+                for parameter in sub.out_proj.parameters():
+                    self.deepspeed.zero.register_external_parameter(sub, parameter)
 
     def prepare_frozen(self, name: str, module: nn.Module, shard: bool,
                        dtype: torch.dtype = torch.float32) -> nn.Module:

@@ -222,14 +222,13 @@ def test_sequence_parallel_video_dit_answers_as_one_rank(tmp_path):
 def test_sequence_parallel_apt_counts_its_discriminator_heads_once(tmp_path):
     """APT on video (a one-step student; the discriminator a trainable teacher copy with read-out heads) with each
     clip's frames split over 2 ranks logs one process's losses, the discriminator's gradient norm included: the
-    heads see whole clips on both ranks, and their gradients are divided back by the group's size. (ZeRO-2 for the
-    trained models: the heads' nn.MultiheadAttention reads a child's weight outside its forward, which ZeRO-3's
-    per-module gathering does not serve.)"""
+    heads see whole clips on both ranks, and their gradients are divided back by the group's size. On ZeRO-3, whose
+    per-layer gathering the heads' nn.MultiheadAttention needs told about its output projection."""
     teacher = train_tiny_teacher(tmp_path / "teacher")
     config = VIDEO / "moving_digits_apt.yaml"
     run = [*QUICK, f"teacher.checkpoint={teacher}", "train.steps=4", "train.batch_size=4", "train.checkpoint_every=0",
            "eval.n_samples=4", "eval.batch_size=4", "adversary.layers=[-2,-1]"]
-    two = [*run, "engine.kind=deepspeed", "engine.zero_stage=2", "teacher.shard=true", "engine.sequence_parallel=2"]
+    two = [*run, "engine.kind=deepspeed", "engine.zero_stage=3", "teacher.shard=true", "engine.sequence_parallel=2"]
     run_launch(distill_command(config, tmp_path / "two", two), ROOT)
     losses = logged_losses(tmp_path / "two")
     assert "d_grad_norm" in losses[0]
