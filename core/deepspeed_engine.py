@@ -156,7 +156,6 @@ class DeepSpeedEngine(Engine):
         engine, *_ = self.deepspeed.initialize(model=module, optimizer=torch.optim.AdamW(adamw_groups(parts)),
                                                config=self._config(self.options.zero_stage, min(clips, default=None),
                                                                    self.train.precision == "bf16"))
-        feed_norms_their_dtype(module, self.device)
         self._gather_with_their_readers(module)
         return Trainable(name, parts, engine)
 

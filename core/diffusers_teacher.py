@@ -29,7 +29,7 @@ from potstill.core.diffusers_schedule import load_scheduler_schedule
 from potstill.core.diffusers_vae import config_class_name
 from potstill.core.pretrained import load_pretrained, load_pretrained_partitioned
 from potstill.core.registry import TEACHERS
-from potstill.core.teacher_file import teacher_partition
+from potstill.core.teacher_file import teacher_build_options
 
 
 def unet_blocks(model: nn.Module) -> list[nn.Module]:
@@ -287,7 +287,7 @@ def build_diffusers_teacher(options: DiffusersTeacherOptions, context) -> Denois
     location = locate_model(options)
     folder = location.folder
     model_class = getattr(diffusers, location.model_class)
-    split = teacher_partition(context)
+    split = teacher_build_options(context)
     if split.get("partition") is not None:
         model = load_pretrained_partitioned(model_class, folder, location.subfolder, "teacher.path", **split)
     else:

@@ -171,10 +171,6 @@ class Engine(ABC):
         when `partitioned` on an engine that partitions (ZeRO-3); None: models are built whole."""
         return None
 
-    def teacher_partition(self, shard: bool) -> Any | None:
-        """`partition_for` the frozen teacher: partitioned when `teacher.shard`, in `train.teacher_dtype`."""
-        return self.partition_for(shard, DTYPES[self.train.teacher_dtype])
-
     def memory_budget(self) -> int | None:
         """Bytes a rank may give a model's parameters: `train.memory_per_rank_gib`, else what is free on the
         device (core/memory_budget.py)."""

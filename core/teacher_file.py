@@ -106,15 +106,17 @@ class TrainedTeacherOptions:
     checkpoint: str
 
 
-def teacher_partition(context) -> dict[str, Any]:
+def teacher_build_options(context) -> dict[str, Any]:
     """How a run's engine builds its teacher: `partition`, `dtype` and memory `budget` for `build_with_weights`
-    (split across ranks under ZeRO-3 with `teacher.shard`); none for a teacher built outside a run's engine."""
+    (split across ranks under ZeRO-3 with `teacher.shard`, in `train.teacher_dtype`); none for a teacher built
+    outside a run's engine."""
     if getattr(context, "engine", None) is None:
         return {}
-    return {"partition": context.engine.teacher_partition(context.config.teacher.shard),
-            "dtype": DTYPES[context.config.train.teacher_dtype], "budget": context.engine.memory_budget()}
+    dtype = DTYPES[context.config.train.teacher_dtype]
+    return {"partition": context.engine.partition_for(context.config.teacher.shard, dtype), "dtype": dtype,
+            "budget": context.engine.memory_budget()}
 
 
 reg.TEACHERS.register("trained", TrainedTeacherOptions)(
     lambda options, context: build_trained_denoiser(options.checkpoint, "teacher.checkpoint",
-                                                    **teacher_partition(context)))
+                                                    **teacher_build_options(context)))

@@ -27,28 +27,15 @@ def full_shape(tensor: torch.Tensor) -> torch.Size:
     return tensor.ds_shape if is_partitioned(tensor) else tensor.shape
 
 
-def assign(target: torch.Tensor, read: Callable[[], torch.Tensor]) -> None:
-    """target <- read(). A partitioned parameter is gathered alone, written on rank 0 (the only rank that calls
-    `read`, so the others read nothing) and split again; anything else is written in place."""
-    if not is_partitioned(target):
-        with torch.no_grad():
-            target.copy_(read())
-        return
-    import deepspeed
-
-    with deepspeed.zero.GatheredParameters([target], modifier_rank=0), torch.no_grad():
-        if torch.distributed.get_rank() == 0:
-            target.copy_(read())
-
-
-def load_weights(module: nn.Module, paths: Path | list[Path], key: str, source: str, what: str) -> nn.Module:
-    """A model's weights into a built `module`, whole or partitioned, tensor by tensor (see `tensor_reader`);
-    names and shapes are checked against the module before any tensor is read."""
+def load_weights(module: nn.Module, shapes: dict[str, torch.Tensor], read: Callable[[str], torch.Tensor], key: str,
+                 source: str, what: str) -> nn.Module:
+    """The weights an open `tensor_reader` gives into a whole `module`, tensor by tensor; names and shapes are
+    checked against the module before any tensor is read."""
     targets = module.state_dict(keep_vars=True)
-    with tensor_reader(paths, key) as (shapes, read):
-        check_state(expected_shapes(targets), shapes, key, source, what)
+    check_state(expected_shapes(targets), shapes, key, source, what)
+    with torch.no_grad():
         for name, target in targets.items():
-            assign(target, lambda name=name: read(name))
+            target.copy_(read(name))
     return module
 
 
@@ -70,18 +57,17 @@ def build_with_weights(factory: Callable[[], nn.Module], paths: Path | list[Path
 
     dtype = dtype or torch.float32
     ranks = torch.distributed.get_world_size() if partition is not None else 1
-    with tensor_reader(paths, key) as (shapes, _):
-        stored = sum(t.numel() for t in shapes.values())
-    check_fits(stored * dtype.itemsize // ranks, budget, key, ranks, partition is not None)
-    if partition is None:
-        return load_weights(factory(), paths, key, source, what)
-    with init_empty_weights(include_buffers=False):
-        module = factory()
-    targets = module.state_dict(keep_vars=True)
-    main = torch.distributed.get_rank() == 0
-    made: dict[int, torch.Tensor] = {}
     with tensor_reader(paths, key) as (shapes, read):
+        check_fits(sum(t.numel() for t in shapes.values()) * dtype.itemsize // ranks, budget, key, ranks,
+                   partition is not None)
+        if partition is None:
+            return load_weights(factory(), shapes, read, key, source, what)
+        with init_empty_weights(include_buffers=False):
+            module = factory()
+        targets = module.state_dict(keep_vars=True)
         check_state(expected_shapes(targets), shapes, key, source, what)
+        main = torch.distributed.get_rank() == 0
+        made: dict[int, torch.Tensor] = {}
         for name, target in targets.items():
             if id(target) not in made:
                 made[id(target)] = materialise(target, lambda name=name: read(name), partition, dtype, main)

@@ -17,7 +17,7 @@ from potstill.core.denoiser import Denoiser, Prediction
 from potstill.core.modality import Modality, noise_and_conditions, prompt_embeddings
 from potstill.core.registry import MODALITIES, TEACHERS
 from potstill.core.schedules import build_schedule
-from potstill.core.teacher_file import teacher_partition
+from potstill.core.teacher_file import teacher_build_options
 from potstill.core.weights import load_frozen, read_metadata, resolve_weights
 from potstill.core.zero_build import build_with_weights
 from potstill.data.digits import load_digits_tensors
@@ -80,7 +80,7 @@ def build_dit_denoiser(options: DiTTeacherOptions, partition: Any | None = None,
 
 @TEACHERS.register("dit", DiTTeacherOptions)
 def build_dit_teacher(options: DiTTeacherOptions, context) -> Denoiser:
-    return build_dit_denoiser(options, **teacher_partition(context))
+    return build_dit_denoiser(options, **teacher_build_options(context))
 
 
 def load_classifier(path: str) -> DigitsClassifier:

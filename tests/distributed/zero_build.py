@@ -32,8 +32,8 @@ def wan_streamed(folder: Path, engine: DeepSpeedEngine) -> dict:
 
     model_class = diffusers.WanTransformer3DModel
     whole = load_pretrained(model_class, folder, None, "teacher.path")
-    split = load_pretrained_partitioned(model_class, folder, None, "teacher.path", engine.teacher_partition(True),
-                                        torch.float32, None)
+    split = load_pretrained_partitioned(model_class, folder, None, "teacher.path",
+                                        engine.partition_for(True, torch.float32), torch.float32, None)
     differ = []
     for (name, parameter), reference in zip(split.named_parameters(), whole.parameters(), strict=True):
         with deepspeed.zero.GatheredParameters([parameter]):
@@ -45,10 +45,11 @@ def wan_streamed(folder: Path, engine: DeepSpeedEngine) -> dict:
 
 def main(warm_up: Path, path: Path, out: Path, wan: Path) -> None:
     engine = DeepSpeedEngine(DeepSpeedOptions(zero_stage=3), TrainConfig(batch_size=8))
-    build_dit_denoiser(DiTTeacherOptions(checkpoint=str(warm_up)), engine.teacher_partition(True), torch.float32)
+    split = engine.partition_for(True, torch.float32)
+    build_dit_denoiser(DiTTeacherOptions(checkpoint=str(warm_up)), split, torch.float32)
     Path("/proc/self/clear_refs").write_text("5")
     before = status_bytes("VmRSS")
-    teacher = build_dit_denoiser(DiTTeacherOptions(checkpoint=str(path)), engine.teacher_partition(True),
+    teacher = build_dit_denoiser(DiTTeacherOptions(checkpoint=str(path)), split,
                                  torch.float32)
     build_growth = status_bytes("VmHWM") - before
     whole_bytes = path.stat().st_size
@@ -57,7 +58,7 @@ def main(warm_up: Path, path: Path, out: Path, wan: Path) -> None:
         refused_whole = ""
     except MemoryError as error:
         refused_whole = str(error)
-    build_dit_denoiser(DiTTeacherOptions(checkpoint=str(path)), engine.teacher_partition(True), torch.float32,
+    build_dit_denoiser(DiTTeacherOptions(checkpoint=str(path)), split, torch.float32,
                        budget=3 * whole_bytes // 4)
     student = engine.trained_copy(teacher.backbone)
     whole = engine.copy_model(teacher.backbone)
