@@ -1,7 +1,9 @@
 """Per-rank memory and step time of a DMD2 step on a large DiT: 1 process on the plain engine against
 DeepSpeed ZeRO-3 with the teacher sharded on 1 and 2 ranks, in fp32 and in bf16 (`train.precision: bf16`)
 (teacher, fake score and one-step student the same DiT, as in real distillation). Each setting runs in its own
-processes, one after the other.
+processes, one after the other. The DeepSpeed runs set `engine.host_mmap_threshold_mib: 1` (freed host blocks
+go back to the system, core/host_allocator.py); a setting ending in `:rising` leaves glibc's own threshold, the
+engine's default.
 
     python benchmarks/deepspeed_memory.py [--hidden 768] [--depth 16] [--batch 4] [--steps 3]
 
@@ -63,8 +65,9 @@ def peak_bytes() -> int:
 
 
 def worker(args: argparse.Namespace) -> None:
-    engine = ({"kind": "deepspeed", "zero_stage": 3, "config_file": "zero3.json"} if args.engine == "deepspeed"
-              else "plain")
+    engine = ({"kind": "deepspeed", "zero_stage": 3, "config_file": "zero3.json",
+               "host_mmap_threshold_mib": None if args.allocator == "rising" else 1}
+              if args.engine == "deepspeed" else "plain")
     config = load_config(data={
         "modality": {"kind": "image", "classifier": None},
         "teacher": {"kind": "dit", "checkpoint": args.teacher, "shard": args.engine == "deepspeed"},
@@ -92,7 +95,8 @@ def worker(args: argparse.Namespace) -> None:
     models = [distiller.teacher, distiller.generator, distiller.fake_score, distiller.ema.model]
     teacher_held, teacher_total = e.parameter_share(distiller.teacher)
     row = {
-        "engine": args.engine, "precision": args.precision, "ranks": e.world_size, "rank": e.rank,
+        "engine": args.engine, "precision": args.precision, "allocator": args.allocator, "ranks": e.world_size,
+        "rank": e.rank,
         "teacher_parameters": teacher_total, "teacher_bytes_held": 4 * teacher_held,
         "model_bytes_held": sum(held_parameter_bytes(m) for m in models),
         "build_peak_bytes": build_peak, "steady_bytes": held_bytes(), "step_peak_bytes": step_peak,
@@ -139,11 +143,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_setting(engine: str, ranks: int, precision: str, teacher: Path, folder: Path,
+def run_setting(engine: str, ranks: int, precision: str, allocator: str, teacher: Path, folder: Path,
                 args: argparse.Namespace) -> list[dict]:
-    name = f"{engine}_{ranks}_{precision}"
+    name = f"{engine}_{ranks}_{precision}_{allocator}"
     script = [str(Path(__file__).resolve()), "--worker", "--engine", engine, "--teacher", str(teacher),
               "--batch", str(args.batch), "--steps", str(args.steps), "--precision", precision,
+              "--allocator", allocator,
               "--out", str(folder / f"{name}.json")]
     if engine == "deepspeed":
         command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks), "--master_port",
@@ -159,46 +164,58 @@ def run_setting(engine: str, ranks: int, precision: str, teacher: Path, folder: 
 def predicted(rows: list[dict], precision: str, key: str) -> dict[int, float]:
     """`key` per rank at 4 and 8 ranks from the DeepSpeed runs on 1 and 2: shared + split / N through both (a
     prediction: communication buffers that grow with N are not in it)."""
-    one = max(r[key] for r in rows if r["engine"] == "deepspeed" and r["ranks"] == 1 and r["precision"] == precision)
-    two = max(r[key] for r in rows if r["engine"] == "deepspeed" and r["ranks"] == 2 and r["precision"] == precision)
+    one = max(r[key] for r in fixed(rows) if r["engine"] == "deepspeed" and r["ranks"] == 1
+              and r["precision"] == precision)
+    two = max(r[key] for r in fixed(rows) if r["engine"] == "deepspeed" and r["ranks"] == 2
+              and r["precision"] == precision)
     split = 2 * (one - two)
     return {n: one - split + split / n for n in (4, 8)}
+
+
+def fixed(rows: list[dict]) -> list[dict]:
+    """The rows run with potstill's fixed host threshold (the default)."""
+    return [r for r in rows if r["allocator"] == "fixed"]
+
+
+def setting_name(r: dict) -> str:
+    if r["engine"] == "plain":
+        return f"plain, 1 process, {r['precision']}"
+    rising = ", glibc's rising threshold" if r["allocator"] == "rising" else ""
+    return f"DeepSpeed ZeRO-3, {r['ranks']} rank{'s' if r['ranks'] > 1 else ''}, {r['precision']}{rising}"
 
 
 def write_results(rows: list[dict], meta: dict, name: str) -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     gib = 2**30
-    plain = next(r for r in rows if r["engine"] == "plain")
-    lines = [f"DMD2 step, DiT teacher of {plain['teacher_parameters'] / 1e6:.0f}M parameters (fake score and "
+    plain = next((r for r in rows if r["engine"] == "plain"), None)
+    phases = list(rows[0]["memory_profile"])
+    lines = [f"DMD2 step, DiT teacher of {rows[0]['teacher_parameters'] / 1e6:.0f}M parameters (fake score and "
              f"student the same size), global batch {meta['batch']}, {meta['device']}.", "",
              "| setting | rank | teacher held (GiB) | all models held (GiB) | peak while building (GiB) | "
              "held between steps (GiB) | peak while stepping (GiB) | s/step |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        setting = (f"plain, 1 process, {r['precision']}" if r["engine"] == "plain"
-                   else f"DeepSpeed ZeRO-3, {r['ranks']} rank{'s' if r['ranks'] > 1 else ''}, {r['precision']}")
-        lines.append(f"| {setting} | {r['rank']} | {r['teacher_bytes_held'] / gib:.3f} | "
+        lines.append(f"| {setting_name(r)} | {r['rank']} | {r['teacher_bytes_held'] / gib:.3f} | "
                      f"{r['model_bytes_held'] / gib:.3f} | {r['build_peak_bytes'] / gib:.2f} | "
                      f"{r['steady_bytes'] / gib:.2f} | "
                      f"{r['step_peak_bytes'] / gib:.2f} | {r['sec_per_step']:.2f} |")
     lines += ["", "Memory profile of one step: peak above what was held when each phase began (GiB; rank 0):", "",
-              "| setting | " + " | ".join(plain["memory_profile"]) + " |",
-              "|---|" + "---|" * len(plain["memory_profile"])]
+              "| setting | " + " | ".join(phases) + " |", "|---|" + "---|" * len(phases)]
     for r in rows:
         if r["rank"] == 0:
-            lines.append(f"| {r['engine']}, {r['ranks']} rank(s), {r['precision']} | "
-                         + " | ".join(f"{r['memory_profile'].get(k, 0) / gib:.2f}" for k in plain["memory_profile"])
+            lines.append(f"| {setting_name(r)} | "
+                         + " | ".join(f"{r['memory_profile'].get(k, 0) / gib:.2f}" for k in phases)
                          + " |")
     lines += summary(rows, plain)
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
-def summary(rows: list[dict], plain: dict) -> list[str]:
+def summary(rows: list[dict], plain: dict | None) -> list[str]:
     """The 4- and 8-rank prediction and the 2-rank ratios, where the rows have what they need."""
     gib = 2**30
-    have = {(r["engine"], r["ranks"], r["precision"]) for r in rows}
+    have = {(r["engine"], r["ranks"], r["precision"]) for r in fixed(rows)}
     lines = []
     precisions = sorted(p for p in ("fp32", "bf16") if {("deepspeed", 1, p), ("deepspeed", 2, p)} <= have)
     if precisions:
@@ -209,8 +226,9 @@ def summary(rows: list[dict], plain: dict) -> list[str]:
                            ("step_peak_bytes", "peak while stepping")):
             guess = predicted(rows, precision, key)
             lines.append(f"| {precision} | {label} | {guess[4] / gib:.2f} | {guess[8] / gib:.2f} |")
-    ds = [r for r in rows if r["engine"] == "deepspeed" and r["ranks"] == 2 and r["precision"] == "fp32"]
-    if ds:
+    ds = [r for r in fixed(rows) if r["engine"] == "deepspeed" and r["ranks"] == 2 and r["precision"] == "fp32"]
+    rising = [r for r in rows if r["allocator"] == "rising" and r["ranks"] == 2 and r["precision"] == "fp32"]
+    if ds and plain:
         lines += ["", f"Teacher share per rank: {ds[0]['teacher_bytes_held'] / plain['teacher_bytes_held']:.3f} of "
                   f"the whole; held between steps per rank: "
                   f"{max(r['steady_bytes'] for r in ds) / plain['steady_bytes']:.2f} of the single process's; "
@@ -218,6 +236,10 @@ def summary(rows: list[dict], plain: dict) -> list[str]:
                   f"{max(r['step_peak_bytes'] for r in ds) / plain['step_peak_bytes']:.2f}; "
                   "step time ratio (2 ranks / 1 process): "
                   f"{max(r['sec_per_step'] for r in ds) / plain['sec_per_step']:.2f}."]
+        if rising:
+            lines.append(f"With glibc's threshold left to rise, the 2-rank fp32 stepping peak is "
+                         f"{max(r['step_peak_bytes'] for r in rising) / plain['step_peak_bytes']:.2f} of the single "
+                         f"process's, at {max(r['sec_per_step'] for r in rising):.2f} s/step.")
     return [
         *lines,
         "CPU figures are resident set sizes (they include the Python and torch runtime, ~0.5 GiB).",
@@ -227,8 +249,16 @@ def summary(rows: list[dict], plain: dict) -> list[str]:
         "optimizer temporaries) on top of what is held."]
 
 
-SETTINGS = ["plain:1:fp32", "deepspeed:1:fp32", "deepspeed:2:fp32", "deepspeed:1:bf16", "deepspeed:2:bf16"]
+SETTINGS = ["plain:1:fp32", "deepspeed:1:fp32", "deepspeed:2:fp32", "deepspeed:2:fp32:rising", "deepspeed:1:bf16",
+            "deepspeed:2:bf16"]
 PRESETS = {"dit-xl-2": {"hidden": 1152, "depth": 28, "heads": 16, "input_size": 32}}   # DiT-XL/2's widths
+
+
+def parse_setting(text: str) -> tuple[str, int, str, str]:
+    engine, ranks, precision, *rest = text.split(":")
+    if rest not in ([], ["rising"]):
+        raise SystemExit(f"--settings {text}: expected engine:ranks:precision[:rising]")
+    return engine, int(ranks), precision, rest[0] if rest else "fixed"
 
 
 def main() -> None:
@@ -241,13 +271,15 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--settings", nargs="+", default=SETTINGS,
-                        help="engine:ranks:precision, engine plain or deepspeed, precision fp32, bf16_autocast, bf16")
+                        help="engine:ranks:precision[:rising], engine plain or deepspeed, precision fp32, "
+                             "bf16_autocast, bf16; rising: glibc's own mmap threshold on CPU ranks")
     parser.add_argument("--name", default="deepspeed_memory", help="results file stem under benchmarks/results/")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--engine", choices=["plain", "deepspeed"], help=argparse.SUPPRESS)
     parser.add_argument("--teacher", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
+    parser.add_argument("--allocator", default="fixed", help=argparse.SUPPRESS)
     parser.add_argument("--local_rank", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -257,7 +289,7 @@ def main() -> None:
         vars(args).update(PRESETS[args.preset])
     network = DiTOptions(input_size=args.input_size, patch_size=2, in_channels=4, hidden_size=args.hidden,
                          depth=args.depth, num_heads=args.heads, num_classes=10, learn_sigma=False)
-    settings = [(engine, int(ranks), precision) for engine, ranks, precision in (s.split(":") for s in args.settings)]
+    settings = [parse_setting(s) for s in args.settings]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         teacher = write_teacher(folder, network)

@@ -37,6 +37,8 @@ def test_round_trip_through_to_dict():
      "generator.kind: unknown generator 'unet'; valid choices: causal_rollout, consistency, denoiser, field, gaussian, "
      "meanflow, mlp"),
     (["train.steps"], "expected key=value"),
+    (["engine.kind=deepspeed", "engine.host_mmap_threshold_mib=0"],
+     "engine.host_mmap_threshold_mib: must be at least 1, got 0"),
 ])
 def test_errors_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
