@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 from distill_step import write_teacher  # benchmarks/ is on the path when this file runs as a script
+from live_tensors import LiveTensorBytes
 
 import potstill  # noqa: F401  (registers components)
 from potstill.backbones.dit import DiTOptions
@@ -92,6 +93,7 @@ def worker(args: argparse.Namespace) -> None:
     seconds = (time.perf_counter() - start) / args.steps
     step_peak = peak_bytes()
     profile = memory_profile(distiller)
+    live = live_tensor_profile(distiller)
     models = [distiller.teacher, distiller.generator, distiller.fake_score, distiller.ema.model]
     teacher_held, teacher_total = e.parameter_share(distiller.teacher)
     row = {
@@ -100,7 +102,7 @@ def worker(args: argparse.Namespace) -> None:
         "teacher_parameters": teacher_total, "teacher_bytes_held": 4 * teacher_held,
         "model_bytes_held": sum(held_parameter_bytes(m) for m in models),
         "build_peak_bytes": build_peak, "steady_bytes": held_bytes(), "step_peak_bytes": step_peak,
-        "sec_per_step": seconds, "memory_profile": profile,
+        "sec_per_step": seconds, "memory_profile": profile, "live_tensor_profile": live,
     }
     Path(args.out).with_name(f"{Path(args.out).stem}_rank{e.rank}.json").write_text(json.dumps(row))
     e.close()
@@ -128,6 +130,32 @@ def memory_profile(distiller: Distiller) -> dict[str, int]:
     engine.step = profiled_step
     restart()
     distiller.train_step()
+    engine.step = original
+    return phases
+
+
+def live_tensor_profile(distiller: Distiller) -> dict[str, dict]:
+    """Per phase as in `memory_profile`, the peak bytes of tensors alive that the phase's ops made, and the sites
+    holding most of them then (benchmarks/live_tensors.py): what tensors needed, without the allocator's keep."""
+    engine, original = distiller.engine, distiller.engine.step
+    phases: dict[str, dict] = {}
+    mode = LiveTensorBytes()
+
+    def record(name: str) -> None:
+        phases[name] = {"peak_bytes": mode.peak - start[0], "largest": mode.largest_at_peak()}
+        start[0] = mode.now
+        mode.restart()
+
+    def traced_step(trainable):
+        record(f"{trainable.name}: forward and backward")
+        norms = original(trainable)
+        record(f"{trainable.name}: optimizer step")
+        return norms
+
+    start = [0]
+    engine.step = traced_step
+    with mode:
+        distiller.train_step()
     engine.step = original
     return phases
 
@@ -207,6 +235,13 @@ def write_results(rows: list[dict], meta: dict, name: str) -> None:
             lines.append(f"| {setting_name(r)} | "
                          + " | ".join(f"{r['memory_profile'].get(k, 0) / gib:.2f}" for k in phases)
                          + " |")
+    lines += ["", "Peak bytes of live tensors made in each phase (GiB; rank 0; benchmarks/live_tensors.py: what the "
+              "tensors needed, without what the allocator kept):", "",
+              "| setting | " + " | ".join(phases) + " |", "|---|" + "---|" * len(phases)]
+    for r in rows:
+        if r["rank"] == 0:
+            lines.append(f"| {setting_name(r)} | " + " | ".join(
+                f"{r['live_tensor_profile'].get(k, {}).get('peak_bytes', 0) / gib:.2f}" for k in phases) + " |")
     lines += summary(rows, plain)
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
