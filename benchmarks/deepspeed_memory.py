@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -108,10 +109,24 @@ def worker(args: argparse.Namespace) -> None:
     e.close()
 
 
-def memory_profile(distiller: Distiller) -> dict[str, int]:
-    """Peak memory above what was held when each phase of one step began: each update's forwards and backward,
+def each_phase(distiller: Distiller, end_of_phase: Callable[[str], None]) -> None:
+    """One training step, calling `end_of_phase(name)` as each phase ends: each update's forwards and backward,
     then its optimizer step (the engine's `step`), in the order they run."""
     engine, original = distiller.engine, distiller.engine.step
+
+    def step(trainable):
+        end_of_phase(f"{trainable.name}: forward and backward")
+        norms = original(trainable)
+        end_of_phase(f"{trainable.name}: optimizer step")
+        return norms
+
+    engine.step = step
+    distiller.train_step()
+    engine.step = original
+
+
+def memory_profile(distiller: Distiller) -> dict[str, int]:
+    """Per phase (`each_phase`), peak memory above what was held when the phase began."""
     phases: dict[str, int] = {}
     start = [0]
 
@@ -119,44 +134,29 @@ def memory_profile(distiller: Distiller) -> dict[str, int]:
         reset_peak()
         start[0] = held_bytes()
 
-    def profiled_step(trainable):
-        phases[f"{trainable.name}: forward and backward"] = peak_bytes() - start[0]
+    def end_of_phase(name: str) -> None:
+        phases[name] = peak_bytes() - start[0]
         restart()
-        norms = original(trainable)
-        phases[f"{trainable.name}: optimizer step"] = peak_bytes() - start[0]
-        restart()
-        return norms
 
-    engine.step = profiled_step
     restart()
-    distiller.train_step()
-    engine.step = original
+    each_phase(distiller, end_of_phase)
     return phases
 
 
 def live_tensor_profile(distiller: Distiller) -> dict[str, dict]:
-    """Per phase as in `memory_profile`, the peak bytes of tensors alive that the phase's ops made, and the sites
-    holding most of them then (benchmarks/live_tensors.py): what tensors needed, without the allocator's keep."""
-    engine, original = distiller.engine, distiller.engine.step
+    """Per phase (`each_phase`), the peak bytes of tensors alive that the phase's ops made, and the sites holding
+    most of them then (benchmarks/live_tensors.py): what tensors needed, without the allocator's keep."""
     phases: dict[str, dict] = {}
     mode = LiveTensorBytes()
+    start = [0]
 
-    def record(name: str) -> None:
+    def end_of_phase(name: str) -> None:
         phases[name] = {"peak_bytes": mode.peak - start[0], "largest": mode.largest_at_peak()}
         start[0] = mode.now
         mode.restart()
 
-    def traced_step(trainable):
-        record(f"{trainable.name}: forward and backward")
-        norms = original(trainable)
-        record(f"{trainable.name}: optimizer step")
-        return norms
-
-    start = [0]
-    engine.step = traced_step
     with mode:
-        distiller.train_step()
-    engine.step = original
+        each_phase(distiller, end_of_phase)
     return phases
 
 
