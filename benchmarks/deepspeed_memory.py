@@ -3,7 +3,8 @@ DeepSpeed ZeRO-3 with the teacher sharded on 1 and 2 ranks, in fp32 and in bf16 
 (teacher, fake score and one-step student the same DiT, as in real distillation). Each setting runs in its own
 processes, one after the other. The DeepSpeed runs set `engine.host_mmap_threshold_mib: 1` (freed host blocks
 go back to the system, core/host_allocator.py); a setting ending in `:rising` leaves glibc's own threshold, the
-engine's default.
+engine's default, and one ending in `:torch_linear` turns `engine.memory_efficient_linear` off (torch's F.linear
+keeps each gathered weight until backward; core/zero3_linear.py).
 
     python benchmarks/deepspeed_memory.py [--hidden 768] [--depth 16] [--batch 4] [--steps 3]
 
@@ -34,16 +35,9 @@ import potstill  # noqa: F401  (registers components)
 from potstill.backbones.dit import DiTOptions
 from potstill.core.config import load_config
 from potstill.core.distiller import Distiller
+from potstill.core.memory_budget import process_memory
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def status_bytes(field: str) -> int:
-    """A memory figure of this process from /proc/self/status (VmHWM: peak resident, VmRSS: resident now)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"/proc/self/status has no {field}")
 
 
 def held_bytes() -> int:
@@ -51,7 +45,7 @@ def held_bytes() -> int:
     if torch.cuda.is_available():
         return torch.cuda.memory_allocated()
     ctypes.CDLL("libc.so.6").malloc_trim(0)
-    return status_bytes("VmRSS")
+    return process_memory("VmRSS")
 
 
 def reset_peak() -> None:
@@ -63,12 +57,13 @@ def reset_peak() -> None:
 
 
 def peak_bytes() -> int:
-    return torch.cuda.max_memory_allocated() if torch.cuda.is_available() else status_bytes("VmHWM")
+    return torch.cuda.max_memory_allocated() if torch.cuda.is_available() else process_memory("VmHWM")
 
 
 def worker(args: argparse.Namespace) -> None:
     engine = ({"kind": "deepspeed", "zero_stage": 3, "config_file": "zero3.json",
-               "host_mmap_threshold_mib": None if args.allocator == "rising" else 1}
+               "host_mmap_threshold_mib": None if args.allocator == "rising" else 1,
+               "memory_efficient_linear": args.linear == "zero3"}
               if args.engine == "deepspeed" else "plain")
     config = load_config(data={
         "modality": {"kind": "image", "classifier": None},
@@ -98,7 +93,8 @@ def worker(args: argparse.Namespace) -> None:
     models = [distiller.teacher, distiller.generator, distiller.fake_score, distiller.ema.model]
     teacher_held, teacher_total = e.parameter_share(distiller.teacher)
     row = {
-        "engine": args.engine, "precision": args.precision, "allocator": args.allocator, "ranks": e.world_size,
+        "engine": args.engine, "precision": args.precision, "allocator": args.allocator, "linear": args.linear,
+        "ranks": e.world_size,
         "rank": e.rank,
         "teacher_parameters": teacher_total, "teacher_bytes_held": 4 * teacher_held,
         "model_bytes_held": sum(held_parameter_bytes(m) for m in models),
@@ -171,12 +167,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_setting(engine: str, ranks: int, precision: str, allocator: str, teacher: Path, folder: Path,
+def run_setting(engine: str, ranks: int, precision: str, allocator: str, linear: str, teacher: Path, folder: Path,
                 args: argparse.Namespace) -> list[dict]:
-    name = f"{engine}_{ranks}_{precision}_{allocator}"
+    name = f"{engine}_{ranks}_{precision}_{allocator}_{linear}"
     script = [str(Path(__file__).resolve()), "--worker", "--engine", engine, "--teacher", str(teacher),
               "--batch", str(args.batch), "--steps", str(args.steps), "--precision", precision,
-              "--allocator", allocator,
+              "--allocator", allocator, "--linear", linear,
               "--out", str(folder / f"{name}.json")]
     if engine == "deepspeed":
         command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks), "--master_port",
@@ -201,15 +197,16 @@ def predicted(rows: list[dict], precision: str, key: str) -> dict[int, float]:
 
 
 def fixed(rows: list[dict]) -> list[dict]:
-    """The rows run with potstill's fixed host threshold (the default)."""
-    return [r for r in rows if r["allocator"] == "fixed"]
+    """The rows run with potstill's fixed host threshold and DeepSpeed's linear function (the defaults)."""
+    return [r for r in rows if r["allocator"] == "fixed" and r["linear"] == "zero3"]
 
 
 def setting_name(r: dict) -> str:
     if r["engine"] == "plain":
         return f"plain, 1 process, {r['precision']}"
     rising = ", glibc's rising threshold" if r["allocator"] == "rising" else ""
-    return f"DeepSpeed ZeRO-3, {r['ranks']} rank{'s' if r['ranks'] > 1 else ''}, {r['precision']}{rising}"
+    linear = ", torch's F.linear" if r["linear"] == "torch" else ""
+    return f"DeepSpeed ZeRO-3, {r['ranks']} rank{'s' if r['ranks'] > 1 else ''}, {r['precision']}{rising}{linear}"
 
 
 def write_results(rows: list[dict], meta: dict, name: str) -> None:
@@ -263,6 +260,8 @@ def summary(rows: list[dict], plain: dict | None) -> list[str]:
             lines.append(f"| {precision} | {label} | {guess[4] / gib:.2f} | {guess[8] / gib:.2f} |")
     ds = [r for r in fixed(rows) if r["engine"] == "deepspeed" and r["ranks"] == 2 and r["precision"] == "fp32"]
     rising = [r for r in rows if r["allocator"] == "rising" and r["ranks"] == 2 and r["precision"] == "fp32"]
+    torch_linear = [r for r in rows if r["linear"] == "torch" and r["allocator"] == "fixed" and r["ranks"] == 2
+                    and r["precision"] == "fp32"]
     if ds and plain:
         lines += ["", f"Teacher share per rank: {ds[0]['teacher_bytes_held'] / plain['teacher_bytes_held']:.3f} of "
                   f"the whole; held between steps per rank: "
@@ -275,6 +274,10 @@ def summary(rows: list[dict], plain: dict | None) -> list[str]:
             lines.append(f"With glibc's threshold left to rise, the 2-rank fp32 stepping peak is "
                          f"{max(r['step_peak_bytes'] for r in rising) / plain['step_peak_bytes']:.2f} of the single "
                          f"process's, at {max(r['sec_per_step'] for r in rising):.2f} s/step.")
+        if torch_linear:
+            lines.append(f"With torch's F.linear (gathered weights kept until backward), the 2-rank fp32 stepping "
+                         f"peak is {max(r['step_peak_bytes'] for r in torch_linear) / plain['step_peak_bytes']:.2f} "
+                         f"of the single process's, at {max(r['sec_per_step'] for r in torch_linear):.2f} s/step.")
     return [
         *lines,
         "CPU figures are resident set sizes (they include the Python and torch runtime, ~0.5 GiB).",
@@ -284,16 +287,19 @@ def summary(rows: list[dict], plain: dict | None) -> list[str]:
         "optimizer temporaries) on top of what is held."]
 
 
-SETTINGS = ["plain:1:fp32", "deepspeed:1:fp32", "deepspeed:2:fp32", "deepspeed:2:fp32:rising", "deepspeed:1:bf16",
-            "deepspeed:2:bf16"]
+SETTINGS = ["plain:1:fp32", "deepspeed:1:fp32", "deepspeed:2:fp32", "deepspeed:2:fp32:torch_linear",
+            "deepspeed:2:fp32:rising", "deepspeed:1:bf16", "deepspeed:2:bf16"]
+FLAGS = {"rising", "torch_linear"}
 PRESETS = {"dit-xl-2": {"hidden": 1152, "depth": 28, "heads": 16, "input_size": 32}}   # DiT-XL/2's widths
 
 
-def parse_setting(text: str) -> tuple[str, int, str, str]:
-    engine, ranks, precision, *rest = text.split(":")
-    if rest not in ([], ["rising"]):
-        raise SystemExit(f"--settings {text}: expected engine:ranks:precision[:rising]")
-    return engine, int(ranks), precision, rest[0] if rest else "fixed"
+def parse_setting(text: str) -> tuple[str, int, str, str, str]:
+    """(engine, ranks, precision, allocator, linear) of `engine:ranks:precision[:rising][:torch_linear]`."""
+    engine, ranks, precision, *flags = text.split(":")
+    if not set(flags) <= FLAGS:
+        raise SystemExit(f"--settings {text}: expected engine:ranks:precision[:rising][:torch_linear]")
+    return (engine, int(ranks), precision, "rising" if "rising" in flags else "fixed",
+            "torch" if "torch_linear" in flags else "zero3")
 
 
 def main() -> None:
@@ -306,8 +312,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--settings", nargs="+", default=SETTINGS,
-                        help="engine:ranks:precision[:rising], engine plain or deepspeed, precision fp32, "
-                             "bf16_autocast, bf16; rising: glibc's own mmap threshold on CPU ranks")
+                        help="engine:ranks:precision[:rising][:torch_linear], engine plain or deepspeed, precision "
+                             "fp32, bf16_autocast, bf16; rising: glibc's own mmap threshold on CPU ranks; "
+                             "torch_linear: engine.memory_efficient_linear off")
     parser.add_argument("--name", default="deepspeed_memory", help="results file stem under benchmarks/results/")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--engine", choices=["plain", "deepspeed"], help=argparse.SUPPRESS)
@@ -315,6 +322,7 @@ def main() -> None:
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
     parser.add_argument("--allocator", default="fixed", help=argparse.SUPPRESS)
+    parser.add_argument("--linear", default="zero3", help=argparse.SUPPRESS)
     parser.add_argument("--local_rank", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:

@@ -29,6 +29,7 @@ import torch
 import potstill  # noqa: F401  (registers components)
 from potstill.core.config import load_config
 from potstill.core.distiller import Distiller
+from potstill.core.memory_budget import process_memory
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from diffusers_fixtures import clip_text_model, clip_tokenizer
@@ -96,18 +97,10 @@ def trained_parameters(distiller: Distiller) -> int:
                if p.requires_grad)
 
 
-def resident_mb() -> float:
-    """The process's resident memory now (VmRSS), in MB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
-
-
 def memory_child(folder: Path, arm: str, steps: int, batch: int, rank: int) -> None:
     """Memory the run holds after building it and taking `steps` steps (weights, gradients, optimizer state): GPU
     allocations (and their peak), or the growth of the process's resident memory over what the imports hold."""
-    baseline = 0.0 if torch.cuda.is_available() else resident_mb()
+    baseline = 0.0 if torch.cuda.is_available() else process_memory("VmRSS") / 2**20
     distiller = build_distiller(folder, arm, batch, rank)
     for _ in range(steps):
         distiller.train_step()
@@ -115,7 +108,7 @@ def memory_child(folder: Path, arm: str, steps: int, batch: int, rank: int) -> N
     if torch.cuda.is_available():
         held, peak = torch.cuda.memory_allocated() / 2**20, torch.cuda.max_memory_allocated() / 2**20
     else:
-        held, peak = resident_mb(), None
+        held, peak = process_memory("VmRSS") / 2**20, None
     print(json.dumps({"held_mb": held - baseline, "peak_mb": peak}))
 
 

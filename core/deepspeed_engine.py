@@ -15,7 +15,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from potstill.core import parallel
+from potstill.core import parallel, zero3_linear
 from potstill.core.config import AT_LEAST_1, RULES, ConfigError, TrainConfig, deep_merge
 from potstill.core.engine import (
     Engine,
@@ -46,7 +46,9 @@ class DeepSpeedOptions:
     it must divide the number of ranks, and the data-parallel ranks are the groups. `host_mmap_threshold_mib`:
     on CPU ranks, host blocks of at least this size go back to the system when freed (core/host_allocator.py):
     measured, 1 brings 2 ranks' stepping peak below one process's at 1.5x the step time; null (the default) keeps
-    glibc's own rising threshold."""
+    glibc's own rising threshold. `memory_efficient_linear`: ZeRO-3 frees each gathered linear weight after its
+    forward instead of keeping it for backward (DeepSpeed's linear function, core/zero3_linear.py; DeepSpeed's own
+    `mem_efficient_linear`)."""
 
     zero_stage: Literal[0, 1, 2, 3] = 2
     config_file: str | None = None
@@ -54,6 +56,7 @@ class DeepSpeedOptions:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     sequence_parallel: int = 1
     host_mmap_threshold_mib: int | None = None
+    memory_efficient_linear: bool = True
 
 
 RULES[DeepSpeedOptions] = {"host_mmap_threshold_mib": AT_LEAST_1}
@@ -124,6 +127,8 @@ class DeepSpeedEngine(Engine):
         self.device = resolve_device(self.options.device)
         if self.device.type == "cpu" and self.options.host_mmap_threshold_mib is not None:
             fix_mmap_threshold(self.options.host_mmap_threshold_mib)
+        if self.options.memory_efficient_linear:
+            zero3_linear.install()
         if self.device.type == "cuda":
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
             torch.cuda.set_device(self.device)
@@ -294,6 +299,7 @@ class DeepSpeedEngine(Engine):
     def close(self) -> None:
         """Meet at a barrier, then destroy the process group: a rank that exits with gloo's threads still
         running can abort in the C++ runtime ("terminate called without an active exception")."""
+        zero3_linear.uninstall()
         if torch.distributed.is_initialized():
             torch.distributed.barrier()
             torch.distributed.destroy_process_group()

@@ -24,6 +24,15 @@ def _first_number(path: Path, key: str | None = None) -> int | None:
     return int(line.split()[1]) * 1024 if line is not None else None
 
 
+def process_memory(field: str) -> int:
+    """A memory figure of this process in bytes, from /proc/self/status: VmRSS (resident now), VmHWM (peak
+    resident since start or since 5 was written to /proc/self/clear_refs), VmSize (address space)."""
+    value = _first_number(Path("/proc/self/status"), f"{field}:")
+    if value is None:
+        raise RuntimeError(f"/proc/self/status has no {field}")
+    return value
+
+
 def free_memory(device: torch.device) -> int | None:
     """Bytes this process can still allocate on `device`: a GPU's free memory; on a CPU, the least of the
     machine's available memory, its cgroup's limit less its usage, and `ulimit -v` less the address space in use

@@ -18,7 +18,7 @@ from diffusers_fixtures import tiny_wan_transformer
 from safetensors.torch import load_file, save_file
 
 from potstill.backbones.dit import DiT, DiTOptions
-from potstill.core.config import load_config
+from potstill.core.config import ConfigError, load_config
 from potstill.runs import distill, open_run
 from tests_support import CONFIGS, ROOT, logged_losses
 from video_fixtures import VIDEO, train_tiny_teacher
@@ -115,6 +115,36 @@ def test_sharded_teacher_holds_half_and_answers_as_the_whole(tmp_path):
         assert r["grad_max_difference"] <= 1e-5 * r["grad_scale"]
 
 
+def test_zero3_frees_each_gathered_weight_after_its_forward(tmp_path):
+    """With torch's F.linear, autograd keeps every gathered weight a backward needs (a transposed view of it) from
+    forward to backward; through core/zero3_linear.py it keeps one, nn.MultiheadAttention's packed in-projection,
+    which the attention slices before F.linear (a slice is not a ZeRO parameter). The first layer's weight is kept
+    by neither (its input needs no gradient). Gradients equal the whole model's; R1's second backward reads weights
+    ZeRO-3 has released, which is why configs asking for it are refused."""
+    run_launch(launch_command(str(ROOT / "tests" / "distributed" / "zero3_linear.py"), str(tmp_path)), ROOT)
+    for rank in (0, 1):
+        report = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert report["held_with_torch_linear"] == report["weights"] - 1
+        assert report["held"] == 1
+        assert report["loss_gradient_gap"] < 1e-6
+        assert report["r1_error"]
+
+
+@pytest.mark.parametrize(("config", "overrides", "message"), [
+    (CONFIGS / "vector" / "gmm_scm.yaml", [], r"engine\.zero_stage: scm takes the student's JVP"),
+    (CONFIGS / "vector" / "gmm_meanflow.yaml", [], r"engine\.zero_stage: meanflow takes the student's JVP"),
+    (DIGITS, ["adversary.r1_weight=1.0"], r"adversary\.r1_weight: R1 differentiates the discriminator twice"),
+    (DIGITS, ["adversary.r1_weight=1.0", "engine.zero_stage=2", "adversary.network=teacher"],
+     r"adversary\.r1_weight"),
+])
+def test_zero3_refuses_what_it_cannot_differentiate(tmp_path, config, overrides, message):
+    """A JVP through a ZeRO-3 student, or R1 through a ZeRO-3 discriminator or a sharded teacher's features, fail
+    deep inside DeepSpeed or autograd: they are refused at build, by key."""
+    settings = [*QUICK, "engine.kind=deepspeed", "engine.zero_stage=3", "teacher.shard=true", *overrides]
+    with pytest.raises(ConfigError, match=message):
+        distill(load_config(config, settings), tmp_path / "run")
+
+
 def write_dit_teacher(path: Path, options: DiTOptions) -> Path:
     torch.manual_seed(0)
     state = {k: v.contiguous() for k, v in DiT(options).state_dict().items()}
@@ -188,12 +218,14 @@ def test_two_ranks_roll_out_the_causal_student_as_one_process(tmp_path, sequence
 def test_two_ranks_in_bf16_train_as_one_process_in_bf16(tmp_path):
     """`train.precision: bf16`: bf16 parameters and gradients, fp32 master weights and Adam moments in the
     optimizer partitions, an fp32 EMA. 2 ranks log one DeepSpeed process's losses within bfloat16's rounding of
-    differently split batches and reductions (rel 2e-2, abs 2e-3; fp32 runs agree to 1e-4)."""
+    differently split batches and reductions (rel 3e-2, abs 2e-3; fp32 runs agree to 1e-4). Measured worst over 6
+    steps: 1.4% through torch's F.linear, 2.4% through DeepSpeed's linear function, which rounds the product to bf16
+    before adding the bias (`engine.memory_efficient_linear`, the default)."""
     run = [*QUICK, "train.steps=6", "train.checkpoint_every=6", "train.batch_size=16", "train.grad_accum=2",
            "train.precision=bf16", *IN_MEMORY]
     for ranks, name in ((2, "two"), (1, "one")):
         run_launch(distill_command(DIGITS, tmp_path / name, run, ranks=ranks), ROOT)
-    assert_same_losses(logged_losses(tmp_path / "two"), logged_losses(tmp_path / "one"), rel=2e-2, abs_=2e-3)
+    assert_same_losses(logged_losses(tmp_path / "two"), logged_losses(tmp_path / "one"), rel=3e-2, abs_=2e-3)
     step = tmp_path / "two" / "checkpoints" / "step_00000006"
     for name, dtype in (("generator", torch.bfloat16), ("fake_score", torch.bfloat16),
                         ("generator_ema", torch.float32)):

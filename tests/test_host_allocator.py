@@ -9,12 +9,11 @@ import pytest
 
 PROGRAM = """
 import sys, torch
-from pathlib import Path
 from potstill.core.host_allocator import fix_mmap_threshold
+from potstill.core.memory_budget import process_memory
 
 def resident_mib():
-    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmRSS"))
-    return int(line.split()[1]) / 1024
+    return process_memory("VmRSS") / 2**20
 
 if sys.argv[1] == "fixed":
     assert fix_mmap_threshold(1)

@@ -22,6 +22,7 @@ from potstill.core.adversarial.losses import (
     discriminator_gan_loss,
     generator_gan_loss,
     r1_penalty,
+    refuse_r1_on_partitions,
 )
 from potstill.core.registry import ADVERSARIES
 
@@ -150,4 +151,5 @@ def build_encoder_discriminator(options: EncoderGANOptions, context) -> EncoderD
     is_text = probe is not None and probe.is_floating_point()
     num_classes = getattr(context.teacher, "num_classes", 0) if probe is not None and not is_text else 0
     cond_dim = probe.shape[-1] if is_text else 0
+    refuse_r1_on_partitions(options.r1_weight, context.engine.partitions_trained())
     return EncoderDiscriminator(options, build_encoder(options, shape[0]), num_classes, cond_dim)

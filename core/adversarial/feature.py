@@ -20,6 +20,7 @@ from potstill.core.adversarial.losses import (
     discriminator_gan_loss,
     generator_gan_loss,
     r1_penalty,
+    refuse_r1_on_partitions,
 )
 from potstill.core.denoiser import Denoiser
 from potstill.core.registry import ADVERSARIES
@@ -213,6 +214,7 @@ def resolve_network(kind: Network, context) -> Denoiser:
 
 def build_feature_discriminator(options: FeatureGANOptions, context) -> FeatureDiscriminator:
     network = resolve_network(options.network, context)
+    refuse_r1_on_partitions(options.r1_weight, context.engine.partitions_trained(), network)
     if options.r1_weight:
         allow_double_backward(network)
     probe_cond = context.modality.probe_condition()

@@ -12,7 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from potstill.core import parallel
+from potstill.core.config import ConfigError
 from potstill.core.tensors import sample_sum
+from potstill.core.zero_build import is_partitioned
 
 GANLoss = Literal["non_saturating", "hinge"]
 ApproxR1Scaling = Literal["plain", "divided"]
@@ -39,6 +41,16 @@ def allow_double_backward(module: nn.Module) -> nn.Module:
         if hasattr(layer, "fused_attn"):
             layer.fused_attn = False
     return module
+
+
+def refuse_r1_on_partitions(r1_weight: float, partitions_trained: bool, reads: nn.Module | None = None) -> None:
+    """R1's second backward reads weights that ZeRO-3 released after the first (a discriminator trained under
+    ZeRO-3, or one that `reads` a sharded teacher): it fails deep in autograd, so the config is refused at build."""
+    reads_partitions = reads is not None and any(is_partitioned(p) for p in reads.parameters())
+    if r1_weight and (partitions_trained or reads_partitions):
+        raise ConfigError("adversary.r1_weight: R1 differentiates the discriminator twice, which ZeRO-3's released "
+                          "weights do not allow; use approx_r1_weight (APT's finite-difference R1) instead, or "
+                          "engine.zero_stage 2 with an unsharded teacher")
 
 
 def r1_penalty(logits_of: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ import torch
 from potstill.core import parallel
 from potstill.core.config import RULES, ConfigError, Rule
 from potstill.core.denoiser import Denoiser
-from potstill.core.jvp import jvp_without_grad
+from potstill.core.jvp import jvp_without_grad, refuse_partitioned_student
 from potstill.core.meanflow import MeanFlowGenerator, flow_velocity
 from potstill.core.objectives.base import Objective
 from potstill.core.registry import OBJECTIVES
@@ -102,6 +102,7 @@ class MeanFlow(Objective):
 def build_meanflow(options: MeanFlowOptions, context) -> MeanFlow:
     if not isinstance(context.generator, MeanFlowGenerator):
         raise ConfigError("generator.kind: meanflow trains an average-velocity student; set generator.kind: meanflow")
+    refuse_partitioned_student(context.engine, "meanflow")
     return MeanFlow(options)
 
 

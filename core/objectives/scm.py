@@ -27,7 +27,7 @@ from potstill.core import parallel
 from potstill.core.config import RULES, ConfigError, Rule
 from potstill.core.consistency import ConsistencyGenerator
 from potstill.core.denoiser import Denoiser
-from potstill.core.jvp import jvp_without_grad
+from potstill.core.jvp import jvp_without_grad, refuse_partitioned_student
 from potstill.core.objectives.base import Objective
 from potstill.core.registry import OBJECTIVES
 from potstill.core.tensors import per_sample, sample_sum
@@ -139,6 +139,7 @@ def build_scm(options: SCMOptions, context) -> SCM:
     if options.adaptive_weighting and generator.logvar is None:
         raise ConfigError("objective.adaptive_weighting: needs the student's logvar head; set generator.logvar_head: "
                           "true, or adaptive_weighting: false")
+    refuse_partitioned_student(context.engine, "scm")
     return SCM(options)
 
 

@@ -15,14 +15,10 @@ from safetensors.torch import load_file
 
 from potstill.core.config import TrainConfig
 from potstill.core.deepspeed_engine import DeepSpeedEngine, DeepSpeedOptions
+from potstill.core.memory_budget import process_memory
 from potstill.core.pretrained import load_pretrained, load_pretrained_partitioned
 from potstill.core.zero_build import is_partitioned
 from potstill.modalities.image import DiTTeacherOptions, build_dit_denoiser
-
-
-def status_bytes(field: str) -> int:
-    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(field))
-    return int(line.split()[1]) * 1024
 
 
 def wan_streamed(folder: Path, engine: DeepSpeedEngine) -> dict:
@@ -48,10 +44,10 @@ def main(warm_up: Path, path: Path, out: Path, wan: Path) -> None:
     split = engine.partition_for(True, torch.float32)
     build_dit_denoiser(DiTTeacherOptions(checkpoint=str(warm_up)), split, torch.float32)
     Path("/proc/self/clear_refs").write_text("5")
-    before = status_bytes("VmRSS")
+    before = process_memory("VmRSS")
     teacher = build_dit_denoiser(DiTTeacherOptions(checkpoint=str(path)), split,
                                  torch.float32)
-    build_growth = status_bytes("VmHWM") - before
+    build_growth = process_memory("VmHWM") - before
     whole_bytes = path.stat().st_size
     try:
         build_dit_denoiser(DiTTeacherOptions(checkpoint=str(path)), None, torch.float32, budget=3 * whole_bytes // 4)
