@@ -120,14 +120,15 @@ def test_zero3_frees_each_gathered_weight_after_its_forward(tmp_path):
     forward to backward; through core/zero3_linear.py it keeps one, nn.MultiheadAttention's packed in-projection,
     which the attention slices before F.linear (a slice is not a ZeRO parameter). The first layer's weight is kept
     by neither (its input needs no gradient). Gradients equal the whole model's; R1's second backward reads weights
-    ZeRO-3 has released, which is why configs asking for it are refused."""
+    ZeRO-3 has released, on a trained model and on a frozen one (a sharded teacher), which is why configs asking
+    for it are refused."""
     run_launch(launch_command(str(ROOT / "tests" / "distributed" / "zero3_linear.py"), str(tmp_path)), ROOT)
     for rank in (0, 1):
         report = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert report["held_with_torch_linear"] == report["weights"] - 1
         assert report["held"] == 1
         assert report["loss_gradient_gap"] < 1e-6
-        assert report["r1_error"]
+        assert report["r1_error"] and report["r1_error_frozen"]
 
 
 @pytest.mark.parametrize(("config", "overrides", "message"), [

@@ -1,7 +1,8 @@
 """Run under `deepspeed --num_gpus 2`: a ZeRO-3 model of linear layers and an nn.MultiheadAttention against its
 whole copy. Each rank writes how many gathered weights autograd still holds after a forward (with potstill's
 linear installed and without), how far the ZeRO-3 gradients are from the whole copy's, and what R1's penalty,
-which differentiates the model twice, meets (the second backward reads weights ZeRO-3 has released)."""
+which differentiates the model twice, meets on it and on a frozen ZeRO-3 copy (a sharded teacher): the second
+backward reads weights ZeRO-3 has released."""
 
 import copy
 import json
@@ -59,6 +60,15 @@ def gradient_gap(engine, whole: nn.Module) -> float:
     return max(gaps)
 
 
+def r1_error(run) -> str:
+    """What R1's penalty and its backward raise ('' if nothing)."""
+    try:
+        run()
+    except RuntimeError as error:
+        return str(error)
+    return ""
+
+
 def main(out: Path) -> None:
     ds = DeepSpeedEngine(DeepSpeedOptions(zero_stage=3))
     torch.manual_seed(0)
@@ -84,12 +94,13 @@ def main(out: Path) -> None:
     report["loss_gradient_gap"] = gradient_gap(engine, whole)
     engine.step()
 
+    frozen = copy.deepcopy(whole).requires_grad_(False)
+    deepspeed.initialize(model=frozen, config={"train_micro_batch_size_per_gpu": 4, "steps_per_print": 2**62,
+                                               "zero_optimization": {"stage": 3,
+                                                                     "stage3_param_persistence_threshold": 0}})
     with sdpa_kernel(SDPBackend.MATH):     # the fused CPU kernel has no second derivative
-        try:
-            engine.backward(r1_penalty(model, x))
-            report["r1_error"] = ""
-        except RuntimeError as error:
-            report["r1_error"] = str(error)
+        report["r1_error"] = r1_error(lambda: engine.backward(r1_penalty(model, x)))
+        report["r1_error_frozen"] = r1_error(lambda: r1_penalty(frozen, x).backward())
     (out / f"rank{ds.rank}.json").write_text(json.dumps(report))
     ds.close()
 
