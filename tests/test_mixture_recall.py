@@ -17,7 +17,7 @@ def teacher_swd():
     return evaluate_teacher(distiller.modality, distiller.teacher, 35, 10_000, 5000)["swd"]
 
 
-STEPS = {"gmm_uni_instruct": 3000}     # of its 6000: enough for the check, half the time
+STEPS = {"gmm_uni_instruct": 3000, "gmm_scm": 3000}     # of their 6000: enough for the check, half the time
 
 
 @pytest.mark.parametrize("name", ["gmm_dmd2", "gmm_sid", "gmm_uni_instruct", "gmm_cd", "gmm_scm", "gmm_meanflow"])
