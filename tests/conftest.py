@@ -1,12 +1,17 @@
 """Test session settings for a 2-core machine, and the digits packed into shards once per session."""
 
+import os
+
 import pytest
 import torch
 
 import potstill  # noqa: F401  (registers the built-in components)
 from potstill.data.digits import pack_digits
 
-torch.set_num_threads(2)
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")     # xdist's gw0, gw1, ...: one core each
+torch.set_num_threads(1 if WORKER else 2)
+if WORKER:      # in-process DeepSpeed engines of two workers must not meet on one rendezvous port
+    os.environ.setdefault("MASTER_PORT", str(29500 + 10 * int(WORKER.removeprefix("gw"))))
 
 
 @pytest.fixture(scope="session")
