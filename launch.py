@@ -38,9 +38,11 @@ def run(args: argparse.Namespace) -> None:
     out = Path(args.out) if args.out else default_run_dir(args.config)
     distiller = distill(config, out, args.resume, args.allow_change)
     engine = distiller.engine
-    local, total = engine.parameter_share(distiller.teacher)
-    print(f"rank {engine.rank}/{engine.world_size}: teacher parameters held {local} of {total}"
-          f" ({100 * local / max(total, 1):.1f}%)", flush=True)
+    for name, model in (("teacher", distiller.teacher), ("text encoder", distiller.text_encoder)):
+        if model is not None:
+            local, total = engine.parameter_share(model)
+            print(f"rank {engine.rank}/{engine.world_size}: {name} parameters held {local} of {total}"
+                  f" ({100 * local / max(total, 1):.1f}%)", flush=True)
     engine.barrier()
     if engine.is_main:
         print(json.dumps(json.loads((distiller.run_dir / "report.json").read_text()), indent=2))

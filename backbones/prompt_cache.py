@@ -1,5 +1,6 @@
 """The text encoders' cache: one computed row per prompt, the least recently used dropped beyond a size, so a run
-that draws from a fixed prompt list encodes each prompt once."""
+that draws from a fixed prompt list encodes each prompt once. A text encoder split across ranks (ZeRO-3) computes
+collectively: every rank must run the same forwards, so each computes the prompts any rank lacks."""
 
 from __future__ import annotations
 
@@ -9,17 +10,29 @@ from collections.abc import Callable
 import torch
 
 
-class PromptCache:
-    """Rows by prompt; `rows(prompts, compute)` computes only the prompts it does not hold."""
+def missing_on_any_rank(missing: list[str]) -> list[str]:
+    """The union of every rank's missing prompts, in rank order then each rank's order: the same list on all."""
+    lists: list[list[str] | None] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(lists, missing)
+    return list(dict.fromkeys(prompt for found in lists for prompt in found))
 
-    def __init__(self, size: int) -> None:
+
+class PromptCache:
+    """Rows by prompt; `rows(prompts, compute)` computes only the prompts it does not hold. With `collective`
+    every rank calls `rows` together and `compute` runs on the same prompts on each (a rank that misses none
+    still computes, and keeps, the others')."""
+
+    def __init__(self, size: int, collective: bool = False) -> None:
         self.size = size
+        self.collective = collective
         self.held: OrderedDict[str, torch.Tensor] = OrderedDict()
 
     def rows(self, prompts: list[str], compute: Callable[[list[str]], torch.Tensor],
              row_shape: tuple[int, ...]) -> torch.Tensor:
         """[len(prompts), *row_shape]: cached rows, and `compute(missing)` for the rest (each prompt once)."""
         missing = list(dict.fromkeys(p for p in prompts if p not in self.held))
+        if self.collective:
+            missing = missing_on_any_rank(missing)
         if missing:
             for prompt, row in zip(missing, compute(missing), strict=True):
                 self.held[prompt] = row

@@ -19,8 +19,9 @@ from einops import rearrange
 from torch import nn
 
 from potstill.backbones.prompt_cache import PromptCache
+from potstill.backbones.text_split import TextSplit, text_split
 from potstill.core.config import AT_LEAST_1, RULES, ConfigError, Rule
-from potstill.core.pretrained import load_pretrained
+from potstill.core.pretrained import load_pretrained, load_pretrained_partitioned
 from potstill.core.registry import TEXT_ENCODERS
 
 
@@ -58,8 +59,10 @@ RULES[TextModelOptions] = {"max_length": Rule(lambda v: v is None or v >= 1, "at
 RULES[TransformersTextOptions] = {"batch_size": AT_LEAST_1, "cache_size": AT_LEAST_1}
 
 
-def load_text_model(folder: Path, options: TextModelOptions, key: str) -> tuple[nn.Module, object]:
-    """The frozen model and its tokenizer, from local files only; errors name the key and the folder."""
+def load_text_model(folder: Path, options: TextModelOptions, key: str, split: TextSplit | None = None
+                    ) -> tuple[nn.Module, object]:
+    """The frozen model and its tokenizer, from local files only (with `split`, streamed into partitions); errors
+    name the key and the folder."""
     import transformers
 
     where = folder / (options.subfolder or "")
@@ -73,7 +76,9 @@ def load_text_model(folder: Path, options: TextModelOptions, key: str) -> tuple[
     model_class = getattr(transformers, name, None)
     if model_class is None:
         raise ConfigError(f"{key}.model_class: transformers has no class {name!r}")
-    model = load_pretrained(model_class, folder, options.subfolder, key)
+    model = (load_pretrained(model_class, folder, options.subfolder, key) if split is None else
+             load_pretrained_partitioned(model_class, folder, options.subfolder, key, split.partition, torch.float32,
+                                         split.budget))
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder, subfolder=options.tokenizer_subfolder or "",
                                                                local_files_only=True)
@@ -89,6 +94,16 @@ def load_text_model(folder: Path, options: TextModelOptions, key: str) -> tuple[
 def is_clip(output) -> bool:
     """A CLIP text model's output (with its pooled end-token state or projected embedding); T5's has neither."""
     return getattr(output, "pooler_output", None) is not None or getattr(output, "text_embeds", None) is not None
+
+
+def gather_whole_units(models: nn.ModuleList) -> None:
+    """Under ZeRO-3, gather each unit a transformers model declares unsplittable (`_no_split_modules`: a CLIP layer,
+    a T5 block, CLIP's embeddings, whose forward reads its position table's size) whole as it runs: ZeRO-3 gathers
+    a module's own parameters only, and these read their children's outside the children's forwards."""
+    from deepspeed.utils import set_z3_leaf_modules
+
+    for model in models:
+        set_z3_leaf_modules(model, list(getattr(model, "_no_split_modules", None) or []), raise_if_not_found=False)
 
 
 @dataclass(frozen=True)
@@ -121,9 +136,10 @@ class TextLayout:
 
 class TransformersTextEncoder(nn.Module):
     """`encode(prompts) -> [n, tokens + pooled_rows, dim]` float32 on the CPU, cached by prompt; `layout` takes
-    such conditions apart; `null` [1, ...] is the unconditional one."""
+    such conditions apart; `null` [1, ...] is the unconditional one. With `split` the models are partitioned across
+    ranks and every rank encodes together."""
 
-    def __init__(self, options: TransformersTextOptions) -> None:
+    def __init__(self, options: TransformersTextOptions, split: TextSplit | None = None) -> None:
         super().__init__()
         if not options.encoders:
             raise ConfigError("text_encoder.encoders: name at least one encoder")
@@ -131,10 +147,15 @@ class TransformersTextEncoder(nn.Module):
         if not folder.is_dir():
             raise FileNotFoundError(f"text_encoder.path: {folder} is not a folder")
         self.options = options
-        loaded = [load_text_model(folder, o, f"text_encoder.encoders[{i}]") for i, o in enumerate(options.encoders)]
-        self.models = nn.ModuleList([model for model, _ in loaded]).to(options.device)
+        loaded = [load_text_model(folder, o, f"text_encoder.encoders[{i}]", split)
+                  for i, o in enumerate(options.encoders)]
+        models = nn.ModuleList([model for model, _ in loaded])
+        self.device = torch.device(options.device) if split is None else split.device
+        if split is not None:
+            gather_whole_units(models)
+        self.models = models.to(self.device) if split is None else split.prepare(models)
         self.tokenizers = [tokenizer for _, tokenizer in loaded]
-        self.cache = PromptCache(options.cache_size)
+        self.cache = PromptCache(options.cache_size, collective=split is not None)
         states, pooled = self._encode_batch([""])
         self.layout = TextLayout(states.shape[1], states.shape[2], 0 if pooled is None else pooled.shape[1])
         self.dim = self.layout.dim
@@ -148,7 +169,7 @@ class TransformersTextEncoder(nn.Module):
         for model, tokenizer, options in zip(self.models, self.tokenizers, self.options.encoders, strict=True):
             length = options.max_length or tokenizer.model_max_length
             tokens = tokenizer(prompts, padding="max_length", max_length=length, truncation=True,
-                               return_tensors="pt").to(self.options.device)
+                               return_tensors="pt").to(self.device)
             mask = tokens.attention_mask if options.mask_padding else None
             output = model(tokens.input_ids, attention_mask=mask, output_hidden_states=options.hidden_layer is not None)
             states = (output.last_hidden_state if options.hidden_layer is None
@@ -175,4 +196,4 @@ class TransformersTextEncoder(nn.Module):
 
 
 TEXT_ENCODERS.register("transformers", TransformersTextOptions)(
-    lambda options, context: TransformersTextEncoder(options))
+    lambda options, context: TransformersTextEncoder(options, text_split(context)))

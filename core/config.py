@@ -268,7 +268,7 @@ def from_dict(cls: type, data: Any, key: str = "") -> Any:
     return instance
 
 
-SHARDABLE = {"teacher"}    # sections whose `shard: true` partitions the frozen model across ranks
+SHARDABLE = {"teacher", "text_encoder"}    # sections whose `shard: true` partitions the frozen model across ranks
 
 
 def load_component(section: str, data: Any, registry: reg.Registry | None = None) -> Component | None:

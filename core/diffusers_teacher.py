@@ -17,6 +17,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from potstill.backbones.text_split import TextSplit, text_split
 from potstill.backbones.transformers_text import (
     TextLayout,
     TextModelOptions,
@@ -213,10 +214,10 @@ PIPELINE_TEXT_RULES = {          # pipeline class prefix: its rule
 }
 
 
-def pipeline_text_encoder(folder: Path) -> TransformersTextEncoder:
+def pipeline_text_encoder(folder: Path, split: TextSplit | None = None) -> TransformersTextEncoder:
     """The text encoders a pipeline folder holds (text_encoder/, text_encoder_2/, ... with their tokenizers), read as
     its pipeline class reads them: SD3 and SDXL take CLIP's penultimate layer, SD3 pads T5 to 256 tokens, Wan to 512
-    with the padding masked."""
+    with the padding masked; with `split`, partitioned across ranks."""
     names = [name for name in ("text_encoder", "text_encoder_2", "text_encoder_3")
              if (folder / name / "config.json").is_file()]
     if not names:
@@ -234,17 +235,20 @@ def pipeline_text_encoder(folder: Path) -> TransformersTextEncoder:
                                          hidden_layer=rule.clip_layer if model_type.startswith("clip") else None,
                                          max_length=rule.t5_length if t5 else None,
                                          mask_padding=rule.t5_masked and t5))
-    return TransformersTextEncoder(TransformersTextOptions(str(folder), encoders))
+    return TransformersTextEncoder(TransformersTextOptions(str(folder), encoders), split)
 
 
 def text_conditioning(model: nn.Module, location: ModelLocation, reader: ModelReader, context
                       ) -> tuple[TextLayout, torch.Tensor]:
     """The run's token-sequence text encoder's layout and null condition, checked against the model's width. With
-    no text_encoder section, the encoders in the teacher's own folder, which then become the run's."""
+    no text_encoder section, the encoders in the teacher's own folder (split across ranks with the teacher), which
+    then become the run's."""
     model_class = location.model_class
     encoder = getattr(context, "text_encoder", None)
     if encoder is None:
-        encoder = context.text_encoder = pipeline_text_encoder(location.folder)
+        shard = getattr(getattr(context, "config", None), "teacher", None)
+        encoder = context.text_encoder = pipeline_text_encoder(location.folder,
+                                                               text_split(context, shard is not None and shard.shard))
     layout = getattr(encoder, "layout", None)
     if layout is None:
         raise ConfigError(f"text_encoder: this {model_class} reads token sequences; set the run's text_encoder to "

@@ -449,8 +449,11 @@ class Distiller(StepLoop):
         if e.teacher_nfe:
             report["teacher"] = [evaluate_teacher(self.modality, self.teacher, nfe, e.n_samples, e.batch_size, device)
                                  | {"solver": default_solver(nfe)} for nfe in e.teacher_nfe]
-        local, total = self.engine.parameter_share(self.teacher)
-        report["teacher_parameters"] = {"ranks": self.engine.world_size, "main_rank_holds": local, "total": total}
+        for name, model in (("teacher", self.teacher), ("text_encoder", self.text_encoder)):
+            if model is not None:
+                local, total = self.engine.parameter_share(model)
+                report[f"{name}_parameters"] = {"ranks": self.engine.world_size, "main_rank_holds": local,
+                                                "total": total}
         data_report = self.real_data.report() if self.real_data is not None else {}
         if data_report:
             report["real_data"] = data_report

@@ -1,6 +1,7 @@
 """Loading diffusers and transformers models from local folders, refusing a partial load: both libraries fill any
 weight a folder lacks with a fresh random one and only warn (a wrong `model_class` then gives a random teacher).
-Under ZeRO-3 a diffusers teacher is instead built empty and streamed into its partitions."""
+Under ZeRO-3 a diffusers teacher or a transformers text encoder is instead built empty and streamed into its
+partitions."""
 
 from __future__ import annotations
 
@@ -33,29 +34,36 @@ def load_pretrained(model_class: type, folder: Path, subfolder: str | None, key:
     return model
 
 
-WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
+TRANSFORMERS_WEIGHTS = "model.safetensors"
 
 
-def weight_files(where: Path, key: str) -> list[Path]:
-    """A diffusers model folder's safetensors: one file, or the shards its index names."""
-    if (where / WEIGHTS_NAME).is_file():
-        return [where / WEIGHTS_NAME]
-    index = where / f"{WEIGHTS_NAME}.index.json"
+def weight_files(where: Path, key: str, name: str = DIFFUSERS_WEIGHTS) -> list[Path]:
+    """A model folder's safetensors (diffusers' or transformers' `name`): one file, or the shards its index names."""
+    if (where / name).is_file():
+        return [where / name]
+    index = where / f"{name}.index.json"
     if index.is_file():
-        return [where / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
-    raise ConfigError(f"{key}: {where} holds no {WEIGHTS_NAME} (or its index); a teacher split across ranks as it "
-                      "is read streams safetensors only (set teacher.shard: false for other formats)")
+        return [where / file for file in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    section = key.split(".")[0]
+    raise ConfigError(f"{key}: {where} holds no {name} (or its index); a model split across ranks as it is read "
+                      f"streams safetensors only (set {section}.shard: false for other formats)")
 
 
 def load_pretrained_partitioned(model_class: type, folder: Path, subfolder: str | None, key: str, partition: Any,
                                 dtype: torch.dtype, budget: int | None) -> nn.Module:
-    """`model_class` from a local folder's config, its weights streamed one tensor at a time into partitions across
-    ranks (core/zero_build.py), so no rank holds it whole; weights missing, unexpected or of the wrong shape are
-    an error naming `key` and the folder."""
+    """A diffusers or transformers `model_class` from a local folder's config, its weights streamed one tensor at a
+    time into partitions across ranks (core/zero_build.py), so no rank holds it whole; weights missing, unexpected
+    or of the wrong shape are an error naming `key` and the folder."""
     where = folder / (subfolder or "")
+    diffusers_model = hasattr(model_class, "load_config")
     try:
-        config = model_class.load_config(where, local_files_only=True)
+        if diffusers_model:
+            config = model_class.load_config(where, local_files_only=True)
+        else:
+            config = model_class.config_class.from_pretrained(where, local_files_only=True)
     except (OSError, ValueError) as error:
         raise ConfigError(f"{key}: no {model_class.__name__} in {where} ({str(error).splitlines()[0][:200]})") from None
-    return build_with_weights(lambda: model_class.from_config(config), weight_files(where, key), key, str(where),
-                              model_class.__name__, partition, dtype, budget)
+    factory = (lambda: model_class.from_config(config)) if diffusers_model else (lambda: model_class(config))
+    files = weight_files(where, key, DIFFUSERS_WEIGHTS if diffusers_model else TRANSFORMERS_WEIGHTS)
+    return build_with_weights(factory, files, key, str(where), model_class.__name__, partition, dtype, budget)

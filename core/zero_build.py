@@ -46,33 +46,51 @@ def expected_shapes(targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
 
 def build_with_weights(factory: Callable[[], nn.Module], paths: Path | list[Path], key: str, source: str, what: str,
                        partition: Any | None = None, dtype: torch.dtype | None = None,
-                       budget: int | None = None) -> nn.Module:
+                       budget: int | None = None, skip: Callable[[str], bool] | None = None) -> nn.Module:
     """`factory()` with the weights of `paths` (one file, or the shards of one model). With `partition` (a
     `deepspeed.zero.Init`) its parameters are made on the meta device, which holds nothing (buffers, which a model
     may compute as it is made, are made for real), and each parameter is then materialised alone, in `dtype` (None:
     fp32): read on rank 0, broadcast and split across ranks, so no rank ever holds more than one whole tensor;
     without, built whole and loaded tensor by tensor. A model whose share on this rank exceeds `budget` bytes is
-    refused before anything is built or read."""
+    refused before anything is built or read. Stored tensors whose names `skip` accepts are passed over (a CLIP
+    file's image tower, for its text tower)."""
     from accelerate import init_empty_weights
 
     dtype = dtype or torch.float32
     ranks = torch.distributed.get_world_size() if partition is not None else 1
     with tensor_reader(paths, key) as (shapes, read):
+        if skip is not None:
+            shapes = {name: shape for name, shape in shapes.items() if not skip(name)}
         check_fits(sum(t.numel() for t in shapes.values()) * dtype.itemsize // ranks, budget, key, ranks,
                    partition is not None)
         if partition is None:
             return load_weights(factory(), shapes, read, key, source, what)
         with init_empty_weights(include_buffers=False):
             module = factory()
+        if callable(getattr(module, "tie_weights", None)):
+            module.tie_weights()    # transformers ties embeddings as a model is made; the meta build made copies
         targets = module.state_dict(keep_vars=True)
-        check_state(expected_shapes(targets), shapes, key, source, what)
+        stored = stored_names(targets, shapes)
+        check_state(expected_shapes({name: targets[name] for name in stored.values()}), shapes, key, source, what)
         main = torch.distributed.get_rank() == 0
         made: dict[int, torch.Tensor] = {}
         for name, target in targets.items():
             if id(target) not in made:
-                made[id(target)] = materialise(target, lambda name=name: read(name), partition, dtype, main)
+                stored_as = stored[id(target)]
+                made[id(target)] = materialise(target, lambda stored_as=stored_as: read(stored_as), partition, dtype,
+                                               main)
             put(module, name, made[id(target)])
     return module
+
+
+def stored_names(targets: dict[str, torch.Tensor], shapes: dict[str, torch.Tensor]) -> dict[int, str]:
+    """One state-dict name per distinct tensor: a tied weight (T5's shared embedding) appears under several names
+    and is stored under one of them, the one read."""
+    names: dict[int, str] = {}
+    for name, target in targets.items():
+        if id(target) not in names or (name in shapes and names[id(target)] not in shapes):
+            names[id(target)] = name
+    return names
 
 
 def materialise(target: torch.Tensor, read: Callable[[], torch.Tensor], partition: Any, dtype: torch.dtype,

@@ -28,9 +28,17 @@ CaptionEncoder = Callable[[list[str]], torch.Tensor]
 
 
 def join_rows(parts: list[tuple[torch.Tensor, Any]]) -> tuple[torch.Tensor, Any]:
+    """One batch from several: conditions are tensors, caption lists or None."""
     x = torch.cat([p[0] for p in parts])
     conds = [p[1] for p in parts]
-    return x, (torch.cat(conds) if conds[0] is not None else None)
+    if conds[0] is None:
+        return x, None
+    return x, ([row for cond in conds for row in cond] if isinstance(conds[0], list) else torch.cat(conds))
+
+
+def cut_rows(rows: tuple[torch.Tensor, Any], part: slice) -> tuple[torch.Tensor, Any]:
+    x, cond = rows
+    return x[part], (cond[part] if isinstance(cond, list) else take_rows(cond, part))
 
 
 class WebDatasetStream(RealData):
@@ -108,12 +116,11 @@ class WebDatasetStream(RealData):
     def _next_rows(self) -> tuple[torch.Tensor, Any]:
         batch = self._next_in_order()
         self.counters["samples"] += len(batch["keys"])
-        cond = batch["cond"]
-        if self.decoder.condition == "caption":
-            cond = self.encode_captions(cond)
-        return batch["x"], cond
+        return batch["x"], batch["cond"]
 
     def next(self, n: int) -> tuple[torch.Tensor, Any]:
+        """n rows, captions encoded: once per call, so a text encoder split across ranks, which every rank must
+        run together, is called once per draw on each rank however many batches each one's draw takes."""
         start = time.perf_counter()
         parts, have = [], 0
         if self.leftover is not None:
@@ -123,9 +130,12 @@ class WebDatasetStream(RealData):
             parts.append(self._next_rows())
             have += len(parts[-1][0])
         rows = join_rows(parts)
-        self.leftover = take_rows(rows, slice(n, None)) if have > n else None
+        self.leftover = cut_rows(rows, slice(n, None)) if have > n else None
+        x, cond = cut_rows(rows, slice(0, n))
+        if self.decoder.condition == "caption":
+            cond = self.encode_captions(cond)
         self.wait_seconds += time.perf_counter() - start
-        return take_rows(rows, slice(0, n))
+        return x, cond
 
     # ---- state and counters -------------------------------------------------------------------
 
