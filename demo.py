@@ -8,14 +8,15 @@ from importlib import resources
 from pathlib import Path
 
 import torch
-from torchvision.utils import save_image
 
 from potstill.core.config import load_config
 from potstill.data.digits import pack_digits
 from potstill.data.shards import expand_shards
+from potstill.grid_figure import save_labelled_panels
 from potstill.runs import distill
 
 TEACHER_NFE = (1, 2, 4, 8, 35)
+REFERENCE_NFE = 35
 
 
 def demo_config_path() -> Path:
@@ -31,18 +32,19 @@ def format_table(rows: list[dict]) -> str:
 
 
 @torch.no_grad()
-def comparison_grid(distiller, path: Path, per_class: int = 8) -> Path:
-    """Teacher (NFE 35) above the one-step student, the same labels and noise, one column per class."""
-    from potstill.core.samplers import sample
+def comparison_grid(distiller, path: Path, per_class: int = 8, scale: int = 4) -> Path:
+    """The teacher at NFE 35 above the one-step student, the same noise and labels, one column per class, enlarged
+    `scale` times without smoothing and labelled."""
+    from potstill.core.samplers import default_solver, sample
 
     classes = distiller.modality.num_classes
-    cond = torch.arange(classes).repeat_interleave(per_class)
+    cond = torch.arange(classes).repeat(per_class)
     noise = torch.randn(len(cond), *distiller.modality.sample_shape, generator=torch.Generator().manual_seed(7))
-    teacher = sample(distiller.teacher, noise, cond, nfe=35)
+    teacher = sample(distiller.teacher, noise, cond, nfe=REFERENCE_NFE)
     student = distiller.ema.model.sample(noise, cond)
-    grid = torch.cat([teacher, torch.full_like(teacher[:classes], -1), student])
-    save_image((grid.clamp(-1, 1) + 1) / 2, path, nrow=per_class * 2, padding=1)
-    return path
+    panels = [(f"teacher, {REFERENCE_NFE} evaluations ({default_solver(REFERENCE_NFE)})", (teacher + 1) / 2),
+              ("student, one step", (student + 1) / 2)]
+    return save_labelled_panels(path, panels, classes, scale, [str(c) for c in range(classes)])
 
 
 def ensure_real_shards(shards: str) -> None:

@@ -26,6 +26,7 @@ from potstill.core.distiller import Distiller
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from curve_styles import curve_style
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -94,8 +95,9 @@ def plot(results: dict, path: Path) -> None:
     suites = results["suites"]
     figure, axes = plt.subplots(1, len(suites), figsize=(6 * len(suites), 4.5), squeeze=False)
     for axis, (suite, table) in zip(axes[0], suites.items(), strict=True):
-        for name, row in table["objectives"].items():
-            axis.plot([p["step"] for p in row["curve"]], [p["quality"] for p in row["curve"]], label=name, marker=".")
+        for index, (name, row) in enumerate(table["objectives"].items()):
+            axis.plot([p["step"] for p in row["curve"]], [p["quality"] for p in row["curve"]], label=name,
+                      **curve_style(index))
         axis.set(title=suite, xlabel="step", ylabel=SUITES[suite]["quality"], yscale="log")
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7, ncol=2)

@@ -15,6 +15,7 @@ from typing import Any, Literal, NamedTuple, Union
 import yaml
 
 from potstill.core import registry as reg
+from potstill.core.lr_schedule import Decay, scheduled_lr
 
 
 class ConfigError(ValueError):
@@ -32,13 +33,21 @@ class Component:
 
 @dataclass
 class OptimConfig:
-    """AdamW settings for one trained model."""
+    """AdamW settings for one trained model; `lr` is the peak of a linear warmup over `warmup_steps` and a `decay`
+    to `final_lr_fraction` of it by the run's last step (core/lr_schedule.py; constant by default)."""
 
     lr: float = 1e-4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 0.0
     eps: float = 1e-8
     grad_clip: float | None = 10.0
+    warmup_steps: int = 0
+    decay: Decay = "none"
+    final_lr_fraction: float = 0.1
+
+    def lr_at(self, step: int, steps: int) -> float:
+        """The learning rate of 0-based step `step` of `steps`."""
+        return scheduled_lr(self.lr, step, steps, self.warmup_steps, self.decay, self.final_lr_fraction)
 
 
 @dataclass
@@ -83,11 +92,15 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """What `potstill eval` and the end of a run measure."""
+    """What `potstill eval` and the end of a run measure; with `every`, the EMA student is also scored every that
+    many steps on `every_n_samples` (0: `n_samples`) into `logs/evals.jsonl`, with the seconds spent training and
+    the generator updates so far: quality against time (benchmarks/quality_vs_time.py)."""
 
     n_samples: int = 2000
     batch_size: int = 500
     teacher_nfe: list[int] = field(default_factory=list)
+    every: int = 0
+    every_n_samples: int = 0
 
 
 @dataclass
@@ -129,11 +142,12 @@ RULES: dict[type, dict[str, Rule]] = {
         "checkpoint_every": AT_LEAST_0, "sample_every": AT_LEAST_0, "ema_decay": FRACTION,
     },
     OptimConfig: {
-        "lr": POSITIVE, "eps": POSITIVE, "weight_decay": AT_LEAST_0, "grad_clip": POSITIVE,
+        "lr": POSITIVE, "eps": POSITIVE, "weight_decay": AT_LEAST_0, "grad_clip": POSITIVE, "warmup_steps": AT_LEAST_0,
+        "final_lr_fraction": Rule(lambda v: 0 <= v <= 1, "in [0, 1]"),
         "betas": Rule(lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two values, each in [0, 1)"),
     },
     EvalConfig: {
-        "n_samples": AT_LEAST_1, "batch_size": AT_LEAST_1,
+        "n_samples": AT_LEAST_1, "batch_size": AT_LEAST_1, "every": AT_LEAST_0, "every_n_samples": AT_LEAST_0,
         "teacher_nfe": Rule(lambda v: all(n >= 1 for n in v), "a list of step counts, each at least 1"),
     },
 }

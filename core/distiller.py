@@ -5,6 +5,7 @@ keeps an EMA of the generator, logs, samples and writes resumable checkpoints.""
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from potstill.core.evaluation import evaluate_generator, evaluate_teacher
 from potstill.core.generator import Generator
 from potstill.core.lora import shared_keys
 from potstill.core.modality import Modality
+from potstill.core.run_log import append_record, drop_records_after
 from potstill.core.samplers import default_solver
 from potstill.core.step_loop import RunningMean, StepLoop, refuse_nonfinite
 from potstill.core.tensors import to_device
@@ -98,6 +100,7 @@ def has_parameters(module: nn.Module | None) -> bool:
     return module is not None and any(p.requires_grad for p in module.parameters())
 
 
+EVALS_LOG = "evals.jsonl"
 GRAD_NORM_KEYS = {"generator": "g_grad_norm", "fake_score": "fake_grad_norm", "discriminator": "d_grad_norm",
                   "critic": "critic_grad_norm"}
 
@@ -249,6 +252,9 @@ class Distiller(StepLoop):
         return self.engine.sum_metrics(self.real_data.metrics()) if self.real_data is not None else {}
 
     def _grad_norms(self, trainable: Trainable) -> dict[str, float]:
+        """Step `trainable` at each part's scheduled learning rate; the gradient norms."""
+        for group, part in zip(self.engine.optimizer_groups(trainable), trainable.parts, strict=True):
+            group["lr"] = part.optim.lr_at(self.step, self.config.train.steps)
         return {GRAD_NORM_KEYS[name]: norm for name, norm in self.engine.step(trainable).items()}
 
     def critic_update(self, step: int) -> dict[str, float]:
@@ -333,8 +339,25 @@ class Distiller(StepLoop):
         return self.engine.reduce_metrics(window) | self.data_metrics()
 
     def after_step(self) -> None:
-        if self.run_dir and self.config.train.sample_every and self.step % self.config.train.sample_every == 0:
+        train, every = self.config.train, self.config.eval.every
+        if self.run_dir and train.sample_every and self.step % train.sample_every == 0:
             self.save_samples()
+        if self.run_dir and every and self.step % every == 0:
+            self.record_evaluation()
+
+    def record_evaluation(self) -> dict:
+        """The EMA student's metrics now (`eval.every_n_samples`, else `eval.n_samples`), appended to
+        `logs/evals.jsonl` with the seconds spent training and the generator updates so far. Every rank samples
+        (a sharded EMA gathers); the evaluation draws from its own seeded RNG, so training continues unchanged."""
+        e = self.config.eval
+        metrics = evaluate_generator(self.modality, self.ema.model, e.every_n_samples or e.n_samples, e.batch_size,
+                                     self.engine.device)
+        record = {"step": self.step, "train_seconds": self.train_seconds,
+                  "generator_updates": math.ceil(self.step / self.config.train.generator_every),
+                  **{k: v for k, v in metrics.items() if isinstance(v, int | float)}}
+        if self.engine.is_main:
+            append_record(self.run_dir / "logs" / EVALS_LOG, record)
+        return record
 
     # ---- run directory ------------------------------------------------------------------------
 
@@ -380,7 +403,8 @@ class Distiller(StepLoop):
         real_states = self.engine.gather(self.real_data.state_dict()) if self.real_data is not None else None
         self.engine.barrier()
         if self.engine.is_main:
-            state = {"step": self.step, "optimizers": optimizers, "rng": rng_state(), "real_data": real_states}
+            state = {"step": self.step, "optimizers": optimizers, "rng": rng_state(), "real_data": real_states,
+                     "train_seconds": self.train_seconds}
             ckpt.write_checkpoint(staging, weights, state)
             ckpt.write_manifest(staging, self.step)
             ckpt.commit_checkpoint(folder, staging, final, self.config.train.keep_checkpoints)
@@ -400,6 +424,9 @@ class Distiller(StepLoop):
             return
         state = ckpt.load_state(checkpoint)
         self.step = state["step"]
+        self.train_seconds = state.get("train_seconds", 0.0)      # absent from checkpoints before it was kept
+        if self.run_dir and self.engine.is_main:
+            drop_records_after(self.run_dir / "logs" / EVALS_LOG, self.step)
         self.engine.load_training_state(checkpoint, self.trainables, state["optimizers"])
         set_rng_state(state["rng"])
         if self.real_data is not None:

@@ -53,13 +53,15 @@ def refuse_nonfinite(weights: dict[str, dict[str, torch.Tensor]], step: int, eng
 
 class StepLoop:
     """`train()` for a trainer that has `config.train`, `step`, `run_dir` (None: no logs or checkpoints),
-    `engine`, `train_step()` and `save()`; `loop_metrics` and `after_step` are its hooks."""
+    `engine`, `train_step()` and `save()`; `loop_metrics` and `after_step` are its hooks. `train_seconds` counts
+    the wall-clock seconds spent in training steps alone (no logging, evaluation or checkpointing)."""
 
     loop_name = "train"
     config: object
     step: int
     run_dir: Path | None
     engine: Engine
+    train_seconds: float = 0.0
 
     def train_step(self) -> dict[str, float]:
         raise NotImplementedError
@@ -86,7 +88,9 @@ class StepLoop:
         try:
             with StopRequests() as stop:
                 while self.step < end:
+                    began = time.perf_counter()
                     window.add(self.train_step())
+                    self.train_seconds += time.perf_counter() - began
                     bar.update(1)
                     if self.run_dir and (self.step % t.log_every == 0 or self.step == end):
                         metrics = self.loop_metrics(window.mean())

@@ -3,7 +3,6 @@ registered dataset under a registered schedule. YAML with `extends:` and `--set`
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -24,6 +23,7 @@ from potstill.core.config import (
     read_yaml,
 )
 from potstill.core.denoiser import Prediction
+from potstill.core.lr_schedule import Decay, scheduled_lr
 
 
 @dataclass
@@ -38,7 +38,7 @@ class TeacherTrainConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 0.0
     warmup_steps: int = 0
-    decay: Literal["none", "linear", "cosine"] = "none"
+    decay: Decay = "none"
     final_lr_fraction: float = 0.1
     grad_clip: float | None = 1.0
     ema_decay: float = 0.999
@@ -56,16 +56,7 @@ class TeacherTrainConfig:
 
     def lr_at(self, step: int) -> float:
         """The learning rate of 0-based step `step`."""
-        warm = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
-        progress = min(step / self.steps, 1.0)
-        final = self.final_lr_fraction
-        if self.decay == "linear":
-            decay = final + (1 - final) * (1 - progress)
-        elif self.decay == "cosine":
-            decay = final + (1 - final) * 0.5 * (1 + math.cos(math.pi * progress))
-        else:
-            decay = 1.0
-        return self.lr * warm * decay
+        return scheduled_lr(self.lr, step, self.steps, self.warmup_steps, self.decay, self.final_lr_fraction)
 
 
 @dataclass
