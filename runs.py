@@ -10,7 +10,7 @@ from pathlib import Path
 
 from potstill.core import checkpoint as ckpt
 from potstill.core.config import RunConfig, load_config, read_yaml, to_dict
-from potstill.core.config_changes import check_resume_changes, record_changes
+from potstill.core.config_changes import check_resume_changes, record_changes, with_defaults
 from potstill.core.distiller import Distiller
 from potstill.core.engine import NonFiniteError
 
@@ -31,7 +31,8 @@ def distill(config: RunConfig, run_dir: Path, resume: bool = False, allow_change
     if resume and not ckpt.holds_checkpoints(folder):
         raise FileNotFoundError(f"{run_dir}: --resume given but the run has no checkpoint")
     saved_config = run_dir / "config.yaml"
-    changes = (check_resume_changes(read_yaml(saved_config), to_dict(config), allow_change or [])
+    changes = (check_resume_changes(with_defaults(read_yaml(saved_config), lambda data: load_config(data=data)),
+                                    to_dict(config), allow_change or [])
                if resume and saved_config.is_file() else {})
     distiller = Distiller(config, run_dir)
     distiller.run_dir = distiller.engine.broadcast(run_dir)     # ranks agree on a time-stamped default

@@ -7,12 +7,13 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from potstill.core.config import ConfigError
+from potstill.core.config import ConfigError, to_dict
 
 FREE_ON_RESUME = ("train.steps", "train.progress", "train.log_every", "train.sample_every", "train.checkpoint_every",
                   "train.keep_checkpoints", "eval")
@@ -36,6 +37,15 @@ def changed_keys(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
     before, after = flatten(old), flatten(new)
     keys = sorted(set(before) | set(after))
     return {k: (before.get(k, UNSET), after.get(k, UNSET)) for k in keys if before.get(k, UNSET) != after.get(k, UNSET)}
+
+
+def with_defaults(saved: dict, load: Callable[[dict], Any]) -> dict:
+    """A run's saved config as this version loads it (`load` then `to_dict`), so a key added to potstill since the
+    run was written reads its default on both sides and is no change; as saved when it no longer loads."""
+    try:
+        return to_dict(load(saved))
+    except (ConfigError, ValueError, KeyError):
+        return saved
 
 
 def covers(pattern: str, key: str) -> bool:

@@ -13,13 +13,13 @@ from potstill.core import checkpoint as ckpt
 from potstill.core import registry as reg
 from potstill.core.codec import build_codec, encoded_real_data
 from potstill.core.config import TrainConfig, read_yaml, to_dict
-from potstill.core.config_changes import check_resume_changes, record_changes, write_config_file
+from potstill.core.config_changes import check_resume_changes, record_changes, with_defaults, write_config_file
 from potstill.core.denoiser import Denoiser, drop_conditions
 from potstill.core.distiller import rng_state, seed_everything, set_rng_state
 from potstill.core.ema import EMA
 from potstill.core.engine import Engine, NonFiniteError, Part, PlainEngine, PlainOptions
 from potstill.core.step_loop import StepLoop, refuse_nonfinite
-from potstill.core.teacher_config import TeacherRunConfig
+from potstill.core.teacher_config import TeacherRunConfig, load_teacher_config
 from potstill.core.teacher_file import TEACHER_FILE, write_teacher_file
 from potstill.core.tensors import to_device
 
@@ -197,7 +197,8 @@ def train_teacher(config: TeacherRunConfig, run_dir: Path, resume: bool = False,
     if resume and not ckpt.holds_checkpoints(folder):
         raise FileNotFoundError(f"{run_dir}: --resume given but the run has no checkpoint")
     requested = to_dict(config)
-    changes = (check_resume_changes(read_yaml(saved), requested, [*FREE_HERE, *(allow_change or [])])
+    changes = (check_resume_changes(with_defaults(read_yaml(saved), lambda data: load_teacher_config(data=data)),
+                                    requested, [*FREE_HERE, *(allow_change or [])])
                if resume and saved.is_file() else {})
     trainer = TeacherTrainer(config, run_dir)
     if resume:

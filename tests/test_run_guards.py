@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+import yaml
 from test_cli import QUICK, potstill
 from torch import nn
 
@@ -92,6 +93,21 @@ def test_an_allowed_change_reaches_the_optimizer_and_is_recorded(tmp_path):
     assert entry["changes"] == {"optim.generator.lr": {"old": 1e-4, "new": 3e-4}, "train.steps": {"old": 6, "new": 8}}
     assert (history / "config_until_step_00000006.yaml").read_text() == original
     assert load_config(run / "config.yaml").optim.generator.lr == 3e-4
+
+
+def test_a_run_written_before_a_key_existed_resumes_with_its_default(tmp_path):
+    """A config.yaml written before potstill had `optim.*.decay` (and the other schedule keys) resumes: a key
+    added since reads its default on both sides; a real change is still refused."""
+    run = tmp_path / "run"
+    distill(make_config(RUN), run)
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    for part in saved["optim"].values():
+        for key in ("warmup_steps", "decay", "final_lr_fraction"):
+            del part[key]
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert distill(make_config(RUN, train={"steps": 8}), run, resume=True).step == 8
+    with pytest.raises(ValueError, match=r"1 key\(s\): optim\.generator\.decay: 'none' -> 'cosine'"):
+        distill(make_config(RUN, train={"steps": 10}, optim={"generator": {"decay": "cosine"}}), run, resume=True)
 
 
 def test_train_steps_is_free_on_resume(tmp_path):
