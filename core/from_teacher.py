@@ -60,9 +60,12 @@ def teacher_network(context, lora: LoRAOptions | None, section: str) -> Denoiser
 
 @dataclass
 class TeacherCopyOptions:
-    """`lora`: the fake score as LoRA adapters on the teacher's own frozen weights (core/lora.py)."""
+    """`lora`: the fake score as LoRA adapters on the teacher's own frozen weights (core/lora.py); `init_from`: a
+    run directory or checkpoint whose fake score this one starts from (SiDA fine-tuning a SiD run continues its
+    fake score too, Zhou et al. 2025)."""
 
     lora: LoRAOptions | None = None
+    init_from: str | None = None
 
 
 @GENERATORS.register("denoiser", DenoiserGeneratorOptions)
@@ -80,4 +83,7 @@ def build_denoiser_generator(options: DenoiserGeneratorOptions, context) -> Deno
 
 @FAKE_SCORES.register("teacher_copy", TeacherCopyOptions)
 def build_teacher_copy(options: TeacherCopyOptions | None, context) -> Denoiser:
-    return teacher_network(context, options.lora if options is not None else None, "fake_score")
+    fake = teacher_network(context, options.lora if options is not None else None, "fake_score")
+    if options is not None and options.init_from:
+        load_init_weights(fake, options.init_from, "fake_score", "fake_score.init_from", "fake score")
+    return fake
