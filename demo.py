@@ -20,7 +20,7 @@ REFERENCE_NFE = 35
 
 
 def demo_config_path() -> Path:
-    return Path(str(resources.files("potstill.configs.image") / "digits_dmd2.yaml"))
+    return Path(str(resources.files("potstill.configs.image") / "digits_demo.yaml"))
 
 
 def format_table(rows: list[dict]) -> str:
@@ -63,7 +63,8 @@ def run_demo(out: Path, steps: int | None = None) -> dict:
     out = Path(out)
     if (out / "checkpoints").exists():
         raise FileExistsError(f"{out}: already holds a run; remove it or pass another --out")
-    ensure_real_shards(config.real_data.options.shards)
+    if config.real_data is not None and config.real_data.kind == "webdataset":
+        ensure_real_shards(config.real_data.options.shards)
     distiller = distill(config, out, resume=False)
     report = json.loads((out / "report.json").read_text())
     rows = [{"model": "teacher", **row} for row in report["teacher"]]

@@ -34,7 +34,8 @@ class Component:
 @dataclass
 class OptimConfig:
     """AdamW settings for one trained model; `lr` is the peak of a linear warmup over `warmup_steps` and a `decay`
-    to `final_lr_fraction` of it by the run's last step (core/lr_schedule.py; constant by default)."""
+    to `final_lr_fraction` of it by the run's last step, from the share `decay_start` of the run on
+    (core/lr_schedule.py; constant by default)."""
 
     lr: float = 1e-4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
@@ -44,10 +45,12 @@ class OptimConfig:
     warmup_steps: int = 0
     decay: Decay = "none"
     final_lr_fraction: float = 0.1
+    decay_start: float = 0.0
 
     def lr_at(self, step: int, steps: int) -> float:
         """The learning rate of 0-based step `step` of `steps`."""
-        return scheduled_lr(self.lr, step, steps, self.warmup_steps, self.decay, self.final_lr_fraction)
+        return scheduled_lr(self.lr, step, steps, self.warmup_steps, self.decay, self.final_lr_fraction,
+                            self.decay_start)
 
 
 @dataclass
@@ -143,7 +146,7 @@ RULES: dict[type, dict[str, Rule]] = {
     },
     OptimConfig: {
         "lr": POSITIVE, "eps": POSITIVE, "weight_decay": AT_LEAST_0, "grad_clip": POSITIVE, "warmup_steps": AT_LEAST_0,
-        "final_lr_fraction": Rule(lambda v: 0 <= v <= 1, "in [0, 1]"),
+        "final_lr_fraction": Rule(lambda v: 0 <= v <= 1, "in [0, 1]"), "decay_start": FRACTION,
         "betas": Rule(lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two values, each in [0, 1)"),
     },
     EvalConfig: {

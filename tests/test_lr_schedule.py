@@ -20,6 +20,9 @@ def test_warmup_then_decay_to_the_final_fraction():
     assert scheduled_lr(2.0, 25, 100, decay="linear", final_lr_fraction=0.0) == pytest.approx(1.5)
     assert scheduled_lr(1.0, 1, 10, warmup_steps=4, decay="cosine", final_lr_fraction=0.0) == \
         pytest.approx(0.5 * 0.5 * (1 + math.cos(math.pi * 0.1)))
+    stable_then_decay = [scheduled_lr(1.0, s, 10, decay="linear", final_lr_fraction=0.2, decay_start=0.6)
+                         for s in (0, 6, 8, 10)]
+    assert stable_then_decay == pytest.approx([1.0, 1.0, 0.6, 0.2])
     teacher = TeacherTrainConfig(steps=100, lr=1e-3, warmup_steps=10, decay="cosine", final_lr_fraction=0.05)
     assert teacher.lr_at(37) == scheduled_lr(1e-3, 37, 100, 10, "cosine", 0.05)
 
@@ -53,5 +56,7 @@ def test_each_optimizer_steps_at_its_parts_scheduled_rate(monkeypatch):
 def test_bad_schedules_are_named():
     with pytest.raises(ConfigError, match=r"optim\.generator\.final_lr_fraction"):
         make_config(optim={"generator": {"final_lr_fraction": 1.5}})
+    with pytest.raises(ConfigError, match=r"optim\.generator\.decay_start"):
+        make_config(optim={"generator": {"decay_start": 1.0}})
     with pytest.raises(ConfigError, match=r"optim\.fake_score\.decay"):
         make_config(optim={"fake_score": {"decay": "exponential"}})
