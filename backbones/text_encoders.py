@@ -180,7 +180,7 @@ class OpenClipTextEncoder(nn.Module):
         else:
             self.tower = split.prepare(tower)
             gather_with_the_tower(self.tower)
-        self.cache = PromptCache(options.cache_size, collective=split is not None)
+        self.cache = PromptCache(options.cache_size, split.exchange if split is not None else None)
         if options.tokens:
             self.register_buffer("null", self._compute([""]), persistent=False)
 

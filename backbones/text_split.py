@@ -11,14 +11,18 @@ from typing import Any
 import torch
 from torch import nn
 
+from potstill.backbones.prompt_cache import prompt_exchange_group
+
 
 @dataclass
 class TextSplit:
-    """How an engine splits a text encoder: its `zero.Init`, the memory budget a share must fit, its device."""
+    """How an engine splits a text encoder: its `zero.Init`, the memory budget a share must fit, the ranks'
+    prompt exchange group (backbones/prompt_cache.py), its device."""
 
     engine: Any
     partition: Any
     budget: int | None
+    exchange: Any
 
     @property
     def device(self) -> torch.device:
@@ -40,4 +44,6 @@ def text_split(context: Any, shard: bool | None = None) -> TextSplit | None:
     if engine is None or not shard:
         return None
     partition = engine.partition_for(True, torch.float32)
-    return TextSplit(engine, partition, engine.memory_budget()) if partition is not None else None
+    if partition is None:
+        return None
+    return TextSplit(engine, partition, engine.memory_budget(), prompt_exchange_group())

@@ -155,7 +155,7 @@ class TransformersTextEncoder(nn.Module):
             gather_whole_units(models)
         self.models = models.to(self.device) if split is None else split.prepare(models)
         self.tokenizers = [tokenizer for _, tokenizer in loaded]
-        self.cache = PromptCache(options.cache_size, collective=split is not None)
+        self.cache = PromptCache(options.cache_size, split.exchange if split is not None else None)
         states, pooled = self._encode_batch([""])
         self.layout = TextLayout(states.shape[1], states.shape[2], 0 if pooled is None else pooled.shape[1])
         self.dim = self.layout.dim

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from potstill.backbones.prompt_cache import prompt_exchange_group
 from potstill.backbones.text_encoders import OpenClipTextEncoder, OpenClipTextOptions
 from potstill.backbones.text_split import TextSplit
 from potstill.backbones.transformers_text import TextModelOptions, TransformersTextEncoder, TransformersTextOptions
@@ -45,7 +46,7 @@ def compare(split, whole, rank: int) -> dict:
 def main(sd3_folder: Path, clip_file: Path, tower_file: Path, out: Path) -> None:
     tower = json.loads(tower_file.read_text())
     engine = DeepSpeedEngine(DeepSpeedOptions(zero_stage=3), TrainConfig(batch_size=2))
-    split = TextSplit(engine, engine.partition_for(True, torch.float32), None)
+    split = TextSplit(engine, engine.partition_for(True, torch.float32), None, prompt_exchange_group())
     encoders = [TextModelOptions("text_encoder", "tokenizer", hidden_layer=-2),
                 TextModelOptions("text_encoder_2", "tokenizer_2", hidden_layer=-2),
                 TextModelOptions("text_encoder_3", "tokenizer_3", max_length=12)]
