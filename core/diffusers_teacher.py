@@ -246,9 +246,9 @@ def text_conditioning(model: nn.Module, location: ModelLocation, reader: ModelRe
     model_class = location.model_class
     encoder = getattr(context, "text_encoder", None)
     if encoder is None:
-        shard = getattr(getattr(context, "config", None), "teacher", None)
-        encoder = context.text_encoder = pipeline_text_encoder(location.folder,
-                                                               text_split(context, shard is not None and shard.shard))
+        teacher = getattr(getattr(context, "config", None), "teacher", None)
+        encoder = context.text_encoder = pipeline_text_encoder(
+            location.folder, text_split(context, teacher is not None and teacher.shard))
     layout = getattr(encoder, "layout", None)
     if layout is None:
         raise ConfigError(f"text_encoder: this {model_class} reads token sequences; set the run's text_encoder to "

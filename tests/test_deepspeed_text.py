@@ -3,8 +3,6 @@ time into partitions, they encode as the whole encoders do, with every rank taki
 prompts it lacks, and a run that reads captions from its own shards on each rank trains as with whole encoders."""
 
 import json
-from dataclasses import asdict
-from pathlib import Path
 
 import open_clip
 import pytest
@@ -13,9 +11,8 @@ import yaml
 from diffusers_fixtures import save_sd3_text_encoders
 from safetensors.torch import save_file
 from test_deepspeed import assert_same_losses, distill_command, launch_command, run_launch
-from test_text_conditioning import TOWER
+from test_text_conditioning import TOWER, write_text_teacher
 
-from potstill.backbones.dit import DiT, DiTOptions
 from tests_support import ROOT, logged_losses
 
 SCRIPT = ROOT / "tests" / "distributed" / "sharded_text_encoder.py"
@@ -46,21 +43,6 @@ def test_split_text_encoders_encode_as_the_whole_ones(tmp_path):
                 assert found["partitioned"] and found["held"] == pytest.approx(found["total"] / 2, rel=0.01)
 
 
-def text_teacher(path: Path) -> Path:
-    """A random DiT on 8x8 grey images reading 16-wide pooled text embeddings, past DiT's zero init."""
-    options = DiTOptions(input_size=8, patch_size=2, in_channels=1, hidden_size=32, depth=2, num_heads=2,
-                         num_classes=0, learn_sigma=False, text_dim=16)
-    torch.manual_seed(0)
-    dit = DiT(options)
-    with torch.no_grad():
-        for parameter in dit.parameters():
-            parameter.normal_(0, 0.05)
-    metadata = {"dit": asdict(options), "schedule": "edm", "prediction": "edm", "sigma_data": 0.5}
-    save_file({k: v.contiguous() for k, v in dit.state_dict().items()}, path,
-              metadata={"potstill": json.dumps(metadata)})
-    return path
-
-
 def test_a_run_with_a_split_text_encoder_trains_as_with_a_whole_one(digits_shards, tmp_path):
     """Two ranks read captions from their own shards and draw prompts from a list; with the open_clip tower split
     across them (each encoding collectively once per draw) the losses are those of the same run with the tower
@@ -68,7 +50,8 @@ def test_a_run_with_a_split_text_encoder_trains_as_with_a_whole_one(digits_shard
     config = {
         "modality": {"kind": "image", "classifier": None, "prompts": ["a handwritten digit one", "a cat"]},
         "text_encoder": {"kind": "open_clip", "model": "ViT-B-32", "model_overrides": TOWER},
-        "teacher": {"kind": "dit", "checkpoint": str(text_teacher(tmp_path / "teacher.safetensors")), "shard": True},
+        "teacher": {"kind": "dit", "checkpoint": str(write_text_teacher(tmp_path / "teacher.safetensors")),
+                    "shard": True},
         "generator": {"kind": "denoiser", "times": [2.5]},
         "fake_score": "teacher_copy",
         "objective": "dmd2",

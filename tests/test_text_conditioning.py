@@ -6,6 +6,7 @@ DiT teacher distils with prompts, and its GAN head reads real digits with captio
 import io
 import json
 from dataclasses import asdict
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -96,8 +97,7 @@ def test_embed_takes_a_run_configs_text_encoder(digits_shards, embedded_shards, 
     torch.testing.assert_close(stored_embeddings(written), stored_embeddings(same))     # batches differ: not bits
 
 
-@pytest.fixture(scope="module")
-def text_teacher(tmp_path_factory) -> str:
+def write_text_teacher(path: Path) -> Path:
     """A small random DiT on 8x8 grey images conditioned on 16-wide pooled text embeddings."""
     options = DiTOptions(input_size=8, patch_size=2, in_channels=1, hidden_size=32, depth=2, num_heads=2,
                          num_classes=0, learn_sigma=False, text_dim=16)
@@ -107,11 +107,15 @@ def text_teacher(tmp_path_factory) -> str:
         for parameter in dit.parameters():
             if parameter.requires_grad:
                 parameter.normal_(0, 0.05)          # past DiT's zero init, so the text embedding matters
-    path = tmp_path_factory.mktemp("teacher") / "text_dit.safetensors"
     metadata = {"dit": asdict(options), "schedule": "edm", "prediction": "edm", "sigma_data": 0.5}
     save_file({k: v.contiguous() for k, v in dit.state_dict().items()}, path,
               metadata={"potstill": json.dumps(metadata)})
-    return str(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def text_teacher(tmp_path_factory) -> str:
+    return str(write_text_teacher(tmp_path_factory.mktemp("teacher") / "text_dit.safetensors"))
 
 
 @pytest.mark.parametrize("condition", ["caption", "embedding"])
