@@ -1,11 +1,13 @@
 """Quality against time on the embedded digits: each recipe's one-step student scored every `--every` steps
 (`eval.every`: FDD and class recall of the EMA student) against the seconds spent training and against generator
 updates, with the teacher's FDD at NFE 1-64 on the same axes, the time each recipe takes to reach the teacher's
-NFE-35 FDD, and the spread over seeds for the leaders. Every run is its own `potstill distill` process, run one at
-a time, so the seconds compare.
+NFE-35 FDD, and the spread over seeds for the leaders. Every run is its own `potstill distill` process; `--jobs`
+of them run at a time, each on the machine's cores divided among them, so the seconds compare within one run of
+this benchmark (one at a time by default).
 
     python benchmarks/quality_vs_time.py [--recipes NAME=CONFIG[:key=value,...] ...] [--steps N] [--every 250]
-        [--seeds 0] [--leader-seeds 0 1 2] [--leaders 2] [--n-eval 1000] [--name quality_vs_time] [--results DIR]
+        [--seeds 0] [--leader-seeds 0 1 2] [--leaders 2] [--n-eval 1000] [--jobs 1] [--name quality_vs_time]
+        [--results DIR]
 
 Writes benchmarks/results/NAME.json, NAME.md and NAME.png."""
 
@@ -13,11 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import matplotlib
@@ -62,11 +66,24 @@ def run_recipe(config: Path, overrides: list[str], seed: int, args, out: Path) -
                 "train.sample_every=0", "train.checkpoint_every=0"]
     if args.steps is not None:
         settings.append(f"train.steps={args.steps}")
+    env = os.environ | {"OMP_NUM_THREADS": str(threads_per_job(args.jobs))}
     done = subprocess.run([sys.executable, "-m", "potstill.cli", "distill", str(config), "--out", str(out), "--set",
-                           *settings], capture_output=True, text=True)
+                           *settings], capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise SystemExit(f"{config} seed {seed} failed:\n{done.stderr[-2000:]}")
     return read_log(out / "logs" / "evals.jsonl")
+
+
+def threads_per_job(jobs: int) -> int:
+    return max(1, (os.cpu_count() or 1) // jobs)
+
+
+def run_all(tasks: list[tuple[str, Path, list[str], int]], args, scratch: Path) -> dict[tuple[str, int], list[dict]]:
+    """Each (name, config, overrides, seed) task's evaluations, `args.jobs` processes at a time."""
+    with ThreadPoolExecutor(args.jobs) as pool:
+        futures = {(name, seed): pool.submit(run_recipe, config, overrides, seed, args, scratch / f"{name}_{seed}")
+                   for name, config, overrides, seed in tasks}
+    return {key: future.result() for key, future in futures.items()}
 
 
 def teacher_rows(n: int) -> list[dict]:
@@ -142,6 +159,7 @@ def main() -> None:
     parser.add_argument("--leader-seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--leaders", type=int, default=2, help="recipes with the best final FDD run every leader seed")
     parser.add_argument("--n-eval", type=int, default=1000)
+    parser.add_argument("--jobs", type=int, default=1, help="distill processes at a time (cores shared among them)")
     parser.add_argument("--name", default="quality_vs_time")
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder for NAME.json, .md and .png")
     args = parser.parse_args()
@@ -150,24 +168,25 @@ def main() -> None:
     target = next(t["fdd"] for t in teacher if t["nfe"] == REFERENCE_NFE)
     curves: dict[str, dict[int, list[dict]]] = {}
     with tempfile.TemporaryDirectory() as scratch:
-        for name, config, overrides in recipes:
-            curves[name] = {seed: run_recipe(config, overrides, seed, args, Path(scratch) / f"{name}_{seed}")
-                            for seed in args.seeds}
+        first = run_all([(*recipe, seed) for recipe in recipes for seed in args.seeds], args, Path(scratch))
+        for (name, seed), curve in first.items():
+            curves.setdefault(name, {})[seed] = curve
         ranked = sorted(curves, key=lambda name: statistics.mean(c[-1]["fdd"] for c in curves[name].values()))
-        for name in ranked[: args.leaders]:
-            _, config, overrides = next(r for r in recipes if r[0] == name)
-            for seed in args.leader_seeds:
-                if seed not in curves[name]:
-                    curves[name][seed] = run_recipe(config, overrides, seed, args, Path(scratch) / f"{name}_{seed}")
+        more = [(*recipe, seed) for recipe in recipes if recipe[0] in ranked[: args.leaders]
+                for seed in args.leader_seeds if seed not in curves[recipe[0]]]
+        for (name, seed), curve in run_all(more, args, Path(scratch)).items():
+            curves[name][seed] = curve
     summaries = sorted((summarise(name, runs, target) for name, runs in curves.items()),
                        key=lambda s: s["final_fdd"])
     args.results.mkdir(parents=True, exist_ok=True)
-    record = {"machine": platform.machine(), "processor": platform.processor(),
+    record = {"machine": platform.machine(), "processor": platform.processor(), "cores": os.cpu_count(),
+              "threads_per_run": threads_per_job(args.jobs),
               "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
               "teacher": teacher, "summaries": summaries,
               "curves": {name: {str(seed): curve for seed, curve in runs.items()} for name, runs in curves.items()}}
     (args.results / f"{args.name}.json").write_text(json.dumps(record, indent=2))
-    table = format_table(summaries, teacher)
+    table = format_table(summaries, teacher) + (f"\n\n{args.jobs} runs at a time, {threads_per_job(args.jobs)} "
+                                                "thread(s) each" if args.jobs > 1 else "")
     (args.results / f"{args.name}.md").write_text(table + "\n")
     plot(curves, teacher, args.results / f"{args.name}.png")
     print(table)

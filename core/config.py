@@ -70,6 +70,8 @@ class TrainConfig:
     `precision`: fp32; bf16_autocast (fp32 weights, matrix products in bfloat16); bf16 (DeepSpeed: bfloat16
     parameters and gradients, fp32 master weights and Adam moments in the optimizer partitions).
     `teacher_dtype` / `ema_dtype`: what the frozen teacher and the student's EMA are held in.
+    `ema_std`: EDM2's power-function EMA, whose averaging window is this share of the generator updates so far (its
+    profile's relative standard deviation; EDM2 finds 0.05-0.15 best), in place of the constant `ema_decay`.
     `memory_per_rank_gib`: what one rank may give the teacher's parameters (null: what is free on its device); a
     teacher whose share is larger stops the run before it is read."""
 
@@ -82,6 +84,7 @@ class TrainConfig:
     discriminator_every: int = 1
     seed: int = 0
     ema_decay: float = 0.999
+    ema_std: float | None = None
     precision: Literal["fp32", "bf16", "bf16_autocast"] = "fp32"
     teacher_dtype: Literal["fp32", "bf16"] = "fp32"
     ema_dtype: Literal["fp32", "bf16"] = "fp32"
@@ -137,12 +140,14 @@ AT_LEAST_1 = Rule(lambda v: v >= 1, "at least 1")
 AT_LEAST_0 = Rule(lambda v: v >= 0, "at least 0")
 POSITIVE = Rule(lambda v: v > 0, "greater than 0")
 FRACTION = Rule(lambda v: 0 <= v < 1, "in [0, 1)")
+EMA_STD = Rule(lambda v: 0 < v < 12 ** -0.5, "in (0, 0.2887) (12^-1/2, the profile of a plain average)")
 
 RULES: dict[type, dict[str, Rule]] = {
     TrainConfig: {
         **dict.fromkeys(["steps", "batch_size", "grad_accum", "generator_every", "fake_score_updates",
                          "discriminator_every", "log_every", "keep_checkpoints"], AT_LEAST_1),
         "checkpoint_every": AT_LEAST_0, "sample_every": AT_LEAST_0, "ema_decay": FRACTION,
+        "ema_std": EMA_STD,
     },
     OptimConfig: {
         "lr": POSITIVE, "eps": POSITIVE, "weight_decay": AT_LEAST_0, "grad_clip": POSITIVE, "warmup_steps": AT_LEAST_0,

@@ -155,7 +155,7 @@ class Distiller(StepLoop):
         ema_dtype = DTYPES[config.train.ema_dtype]
         self.ema = EMA(self.generator, config.train.ema_decay, shared=self.teacher,
                        copy_model=lambda model, memo: self.engine.copy_model(model, self.engine.partitions_trained(),
-                                                                             ema_dtype, memo))
+                                                                             ema_dtype, memo), std=config.train.ema_std)
         if config.train.activation_checkpointing:
             enable_activation_checkpointing([m for m in (self.generator, self.fake_score) if has_parameters(m)])
         self._prepare_training()
@@ -305,7 +305,7 @@ class Distiller(StepLoop):
         finally:
             for parameter in frozen:
                 parameter.requires_grad_(True)
-        self.ema.update(self.generator)
+        self.ema.update(self.generator, self.step // self.config.train.generator_every + 1)
         self.objective.after_generator_step(self.generator)
         self.last_generator_step = self.step
         return result

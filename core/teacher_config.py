@@ -11,6 +11,7 @@ from potstill.core import registry as reg
 from potstill.core.config import (
     AT_LEAST_0,
     AT_LEAST_1,
+    EMA_STD,
     FRACTION,
     POSITIVE,
     RULES,
@@ -29,7 +30,8 @@ from potstill.core.lr_schedule import Decay, scheduled_lr
 @dataclass
 class TeacherTrainConfig:
     """AdamW with linear warmup over `warmup_steps` and a `decay` to `final_lr_fraction` of `lr` by `steps`
-    (the two multiply); an EMA of the weights is what the teacher file holds.
+    (the two multiply); an EMA of the weights is what the teacher file holds (`ema_std`: EDM2's power-function
+    EMA in place of the constant `ema_decay`, as in the distillation config).
     `checkpoint_every` 0: only the checkpoint written at the end."""
 
     steps: int = 1000
@@ -42,6 +44,7 @@ class TeacherTrainConfig:
     final_lr_fraction: float = 0.1
     grad_clip: float | None = 1.0
     ema_decay: float = 0.999
+    ema_std: float | None = None
     seed: int = 0
     log_every: int = 10
     checkpoint_every: int = 0
@@ -81,7 +84,8 @@ SECTION_REGISTRIES[TeacherRunConfig] = SECTIONS
 RULES[TeacherTrainConfig] = {
     **dict.fromkeys(["steps", "batch_size", "log_every", "keep_checkpoints"], AT_LEAST_1),
     **dict.fromkeys(["warmup_steps", "checkpoint_every", "weight_decay"], AT_LEAST_0),
-    "lr": POSITIVE, "grad_clip": POSITIVE, "ema_decay": FRACTION, "betas": RULES[OptimConfig]["betas"],
+    "lr": POSITIVE, "grad_clip": POSITIVE, "ema_decay": FRACTION, "ema_std": EMA_STD,
+    "betas": RULES[OptimConfig]["betas"],
     "final_lr_fraction": Rule(lambda v: 0 <= v <= 1, "in [0, 1]"),
 }
 RULES[TeacherRunConfig] = {"sigma_data": POSITIVE, "label_dropout": FRACTION}

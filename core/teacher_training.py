@@ -99,7 +99,7 @@ class TeacherTrainer(StepLoop):
         self._check_label_dropout()
         self.model = Denoiser(backbone, schedule, config.prediction, config.sigma_data, (), self.num_classes)
         self.model.to(self.engine.device)
-        self.ema = EMA(self.model, t.ema_decay)
+        self.ema = EMA(self.model, t.ema_decay, std=t.ema_std)
         self.trainable = self.engine.prepare("backbone", [Part("backbone", self.model, t.optim())])
         self.step = 0
 
@@ -130,7 +130,7 @@ class TeacherTrainer(StepLoop):
         loss = self.model.dsm_loss(x0, cond).mean()
         self.engine.backward(self.trainable, loss, "teacher")
         norms = self.engine.step(self.trainable)
-        self.ema.update(self.model)
+        self.ema.update(self.model, self.step + 1)
         self.step += 1
         return {"loss": loss.item(), "lr": lr, "grad_norm": norms["backbone"]}
 
