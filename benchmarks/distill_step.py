@@ -73,10 +73,8 @@ class HandWrittenDMD2:
         self.batch = distiller.config.train.batch_size
         self.shape = distiller.modality.sample_shape
         o = distiller.config.optim
-        self.g_opt = torch.optim.AdamW(self.generator.parameters(), lr=o.generator.lr, betas=tuple(o.generator.betas),
-                                       foreach=True)
-        self.f_opt = torch.optim.AdamW(self.fake.parameters(), lr=o.fake_score.lr, betas=tuple(o.fake_score.betas),
-                                       foreach=True)
+        self.g_opt = torch.optim.AdamW(self.generator.parameters(), lr=o.generator.lr, betas=tuple(o.generator.betas))
+        self.f_opt = torch.optim.AdamW(self.fake.parameters(), lr=o.fake_score.lr, betas=tuple(o.fake_score.betas))
         self.schedule = self.teacher.schedule
 
     def _generate(self):

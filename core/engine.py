@@ -292,9 +292,7 @@ class PlainEngine(Engine):
         self.device = resolve_device((options or PlainOptions()).device)
 
     def prepare(self, name: str, parts: list[Part]) -> Trainable:
-        """AdamW's multi-tensor (foreach) update: the same arithmetic as the per-tensor loop, in a tenth fewer seconds
-        per step on the digits demo's small tensors on a CPU (`benchmarks/optimizer_step.py`)."""
-        return Trainable(name, parts, torch.optim.AdamW(adamw_groups(parts), foreach=True))
+        return Trainable(name, parts, torch.optim.AdamW(adamw_groups(parts)))
 
     def prepare_frozen(self, name: str, module: nn.Module, shard: bool,
                        dtype: torch.dtype = torch.float32) -> nn.Module:
