@@ -140,7 +140,9 @@ AT_LEAST_1 = Rule(lambda v: v >= 1, "at least 1")
 AT_LEAST_0 = Rule(lambda v: v >= 0, "at least 0")
 POSITIVE = Rule(lambda v: v > 0, "greater than 0")
 FRACTION = Rule(lambda v: 0 <= v < 1, "in [0, 1)")
-EMA_STD = Rule(lambda v: 0 < v < 12 ** -0.5, "in (0, 0.2887) (12^-1/2, the profile of a plain average)")
+LONGEST_EMA_STD = 12 ** -0.5    # the power EMA's profile at gamma = 0: a plain average of every update
+EMA_STD = Rule(lambda v: 0 < v < LONGEST_EMA_STD,
+               f"in (0, {LONGEST_EMA_STD:.4f}) (12^-1/2, the profile of a plain average)")
 
 RULES: dict[type, dict[str, Rule]] = {
     TrainConfig: {

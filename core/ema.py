@@ -10,14 +10,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from potstill.core.config import LONGEST_EMA_STD
+
 
 def power_exponent(std: float) -> float:
     """The exponent gamma of the power-function EMA whose profile has relative standard deviation `std` (Karras et
     al. 2024, "Analyzing and Improving the Training Dynamics of Diffusion Models", eq. 3): the real root of
     std^2 = (gamma + 1) / ((gamma + 2)^2 (gamma + 3)), that is gamma^3 + 7 gamma^2 + (16 - std^-2) gamma
     + (12 - std^-2) = 0."""
-    if not 0 < std < 12 ** -0.5:
-        raise ValueError(f"train.ema_std: {std} must be in (0, {12 ** -0.5:.4f}) (the profile of gamma = 0 has "
+    if not 0 < std < LONGEST_EMA_STD:
+        raise ValueError(f"EMA std {std}: must be in (0, {LONGEST_EMA_STD:.4f}) (the profile of gamma = 0 has "
                          "12^-1/2, the longest average there is)")
     inverse = std ** -2.0
     roots = np.roots([1.0, 7.0, 16.0 - inverse, 12.0 - inverse])

@@ -5,24 +5,19 @@ Frechet distance of their classifier features to those of the 1797 scikit-learn 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import scipy.linalg
 import torch
 from sklearn.datasets import load_digits
+from test_cli import potstill
 
 from potstill.core.evaluation import EVAL_SEED
 from potstill.modalities.image import load_classifier
 from tests_support import CONFIGS
 
 N_SAMPLES, BATCH = 400, 200
-
-
-def potstill(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "potstill.cli", *args], check=True, capture_output=True, text=True)
 
 
 def classifier_features(images: torch.Tensor) -> np.ndarray:
