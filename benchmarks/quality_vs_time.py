@@ -40,9 +40,9 @@ from curve_styles import curve_style
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
 CONFIGS = ROOT / "configs" / "image"
-RECIPES = ["demo=digits_demo.yaml", "sid_long=digits_sid_long.yaml", "sid=digits_sid.yaml",
-           "uni_instruct=digits_uni_instruct.yaml", "sim=digits_sim.yaml", "vsd=digits_vsd.yaml",
-           "sida=digits_sida.yaml", "dmd2=digits_dmd2.yaml:real_data=digits"]
+RECIPES = ["demo=digits_demo.yaml", "sid=digits_sid.yaml", "uni_instruct=digits_uni_instruct.yaml",
+           "sim=digits_sim.yaml", "vsd=digits_vsd.yaml", "sida=digits_sida.yaml",
+           "dmd2=digits_dmd2.yaml:real_data=digits"]
 TEACHER_NFE = [1, 2, 4, 8, 17, 35, 63]   # Heun at odd NFE from 3, Euler below
 REFERENCE_NFE = 35
 
