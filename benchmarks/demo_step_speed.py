@@ -12,10 +12,10 @@ import argparse
 import json
 import platform
 import statistics
-import time
 from pathlib import Path
 
 import torch
+from distill_step import timed
 
 import potstill  # noqa: F401  (registers components)
 from potstill.core.config import load_config
@@ -26,24 +26,17 @@ RESULTS = Path(__file__).resolve().parent / "results"
 DEMO_CONFIG = ROOT / "configs" / "image" / "digits_demo.yaml"
 
 
-def seconds_per_step(distiller: Distiller, steps: int) -> float:
-    start = time.perf_counter()
-    for _ in range(steps):
-        distiller.train_step()
-    return (time.perf_counter() - start) / steps
-
-
 def measure(batches: list[int], threads: list[int], steps: int, rounds: int) -> dict[tuple[int, int], list[float]]:
     """Each round times every (batch, threads) arm once, in the same order."""
     distillers = {b: Distiller(load_config(DEMO_CONFIG, [f"train.batch_size={b}"]), None) for b in batches}
     for distiller in distillers.values():
-        seconds_per_step(distiller, 3)
+        timed(distiller.train_step, 3)
     times: dict[tuple[int, int], list[float]] = {(b, t): [] for t in threads for b in batches}
     for _ in range(rounds):
         for t in threads:
             torch.set_num_threads(t)
             for b, distiller in distillers.items():
-                times[(b, t)].append(seconds_per_step(distiller, steps))
+                times[(b, t)].append(timed(distiller.train_step, steps))
     return times
 
 
