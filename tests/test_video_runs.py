@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from potstill.cli import main
+from potstill.modalities.video_scores import law_residuals
+from potstill.runs import open_run
 from tests_support import ROOT
 from video_fixtures import VIDEO, train_tiny_teacher
 
@@ -108,6 +110,24 @@ def test_the_long_clip_benchmark_scores_every_row_on_one_draw(ode_run):
     table = bench.format_table([{"label": "plain", "overrides": [], "metrics": first}])
     assert table.splitlines()[-1].startswith(f"| plain | - | {first['shift_residual_1_12']:.4f} | "
                                              f"{first['shift_residual_13_24']:.4f} |")
+
+
+def test_the_transition_benchmark_scores_each_frame_pair_of_one_draw(ode_run, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))        # it reads its rows as video_long_clips does
+    bench = benchmark("video_transitions")
+    distiller = open_run(ode_run)
+    clips = bench.draw(distiller, 6, 4, distiller.ema.model.sample)
+    assert clips.shape[0] == 6 and torch.equal(clips, bench.draw(distiller, 6, 4, distiller.ema.model.sample))
+    scores = bench.per_transition(clips, distiller.modality.law.velocities)
+    residual, in_set = law_residuals(clips, distiller.modality.law.velocities)
+    assert len(scores["residual"]) == clips.shape[2] - 1
+    assert scores["residual"][2] == pytest.approx(float(residual[:, 2].mean()))
+    assert scores["in_set"][0] == pytest.approx(float(in_set[:, 0].float().mean()))
+    assert scores["mean_residual"] == pytest.approx(float(residual.mean()))
+    table = bench.format_table([{"label": "ode", **scores}]).splitlines()
+    assert table[0].endswith(f"| {clips.shape[2] - 1}->{clips.shape[2]} |")
+    assert table[2].startswith(f"| ode | {scores['mean_residual']:.4f} | {scores['residual'][0]:.3f} "
+                               f"({scores['in_set'][0]:.2f}) |")
 
 
 def test_the_teacher_benchmark_scores_every_teacher_and_guidance_on_one_draw(tiny_teacher, monkeypatch):
