@@ -1,6 +1,7 @@
 """Where along a clip a video student misses the moving-digits law: the shift residual and velocity-in-set of
 each frame-to-frame transition, for each run's EMA student and for the first run's teacher at chosen NFE, all
-on one draw of noise and labels (the evaluation seed), so rows compare side by side.
+on the evaluation's own draw of noise and labels (`draw_samples`), so rows compare side by side and each mean is
+the run report's shift residual.
 
     python benchmarks/video_transitions.py "chunks of 2=runs/sf" "chunks of 1=runs/sf1" --teacher-nfe 24
         [--n 500] [--batch 250] [--name video_transitions]
@@ -16,7 +17,7 @@ from pathlib import Path
 import torch
 from video_long_clips import parse_row
 
-from potstill.core.evaluation import EVAL_SEED
+from potstill.core.evaluation import EVAL_SEED, draw_samples
 from potstill.core.samplers import sample as teacher_sample
 from potstill.modalities.video_scores import law_residuals
 from potstill.runs import open_run
@@ -30,15 +31,6 @@ def per_transition(clips: torch.Tensor, velocities: list[list[int]]) -> dict[str
     residual, in_set = law_residuals(clips, velocities)
     return {"residual": residual.mean(0).tolist(), "in_set": in_set.float().mean(0).tolist(),
             "mean_residual": float(residual.mean())}
-
-
-@torch.no_grad()
-def draw(distiller, n: int, batch: int, produce) -> torch.Tensor:
-    """`produce(noise, cond)` on the evaluation seed's inputs, `batch` clips at a time."""
-    torch.manual_seed(EVAL_SEED)
-    noise, cond = distiller.modality.draw_inputs(n, torch.Generator().manual_seed(EVAL_SEED))
-    conds = cond.split(batch) if cond is not None else [None] * len(noise.split(batch))
-    return torch.cat([produce(z, c) for z, c in zip(noise.split(batch), conds, strict=True)])
 
 
 def format_table(rows: list[dict]) -> str:
@@ -64,18 +56,20 @@ def main() -> None:
         distiller = open_run(run, overrides=overrides)
         first = first or distiller
         distiller.ema.model.eval()
-        clips = draw(distiller, args.n, args.batch, distiller.ema.model.sample)
+        clips = draw_samples(distiller.modality, distiller.ema.model.sample, args.n, args.batch)[0]
         rows.append({"label": label, "run": run, "overrides": overrides,
                      **per_transition(clips, distiller.modality.law.velocities)})
     for nfe in args.teacher_nfe:
-        clips = draw(first, args.n, args.batch, lambda z, c, nfe=nfe: teacher_sample(first.teacher, z, c, nfe))
+        clips = draw_samples(first.modality, lambda z, c, nfe=nfe: teacher_sample(first.teacher, z, c, nfe), args.n,
+                             args.batch)[0]
         rows.append({"label": f"teacher, NFE {nfe}", **per_transition(clips, first.modality.law.velocities)})
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps({"n": args.n, "rows": rows}, indent=2))
     table = format_table(rows)
     (RESULTS / f"{args.name}.md").write_text(
-        f"{args.n} clips a row, one draw of noise and labels (seed {EVAL_SEED}); each transition's mean shift "
-        f"residual, with the share of clips whose best shift there is in the velocity set in brackets.\n\n{table}\n")
+        f"{args.n} clips a row, the evaluation's draw of noise and labels (seed {EVAL_SEED}, batches of {args.batch}); "
+        "each transition's mean shift residual, with the share of clips whose best shift there is in the velocity "
+        f"set in brackets.\n\n{table}\n")
     print(table)
 
 

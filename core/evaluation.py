@@ -17,7 +17,10 @@ EVAL_SEED = 2024
 
 
 @torch.no_grad()
-def _collect(modality: Modality, produce, n: int, batch: int, device) -> dict[str, float]:
+def draw_samples(modality: Modality, produce, n: int, batch: int, device="cpu"
+                 ) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+    """`produce(noise, cond)` on the evaluation seed's inputs, `batch` at a time: the samples on the CPU, their
+    conditions, and the seconds spent producing them; every scorer draws through it, so rows compare."""
     generator = torch.Generator().manual_seed(EVAL_SEED)
     samples, conds, seconds = [], [], 0.0
     with torch.random.fork_rng(devices=[]):
@@ -29,8 +32,11 @@ def _collect(modality: Modality, produce, n: int, batch: int, device) -> dict[st
             seconds += time.perf_counter() - begin
             samples.append(x.float().cpu())
             conds.append(cond)
-    x = torch.cat(samples)
-    cond = torch.cat(conds) if conds[0] is not None else None
+    return torch.cat(samples), torch.cat(conds) if conds[0] is not None else None, seconds
+
+
+def _collect(modality: Modality, produce, n: int, batch: int, device) -> dict[str, float]:
+    x, cond, seconds = draw_samples(modality, produce, n, batch, device)
     return {**modality.evaluate(x, cond), "ms_per_sample": 1000 * seconds / n}
 
 

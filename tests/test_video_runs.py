@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from potstill.cli import main
+from potstill.core.evaluation import draw_samples, evaluate_generator
 from potstill.modalities.video_scores import law_residuals
 from potstill.runs import open_run
 from tests_support import ROOT
@@ -112,12 +113,14 @@ def test_the_long_clip_benchmark_scores_every_row_on_one_draw(ode_run):
                                              f"{first['shift_residual_13_24']:.4f} |")
 
 
-def test_the_transition_benchmark_scores_each_frame_pair_of_one_draw(ode_run, monkeypatch):
+def test_the_transition_benchmark_scores_each_frame_pair_of_the_evaluation_draw(ode_run, monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))        # it reads its rows as video_long_clips does
     bench = benchmark("video_transitions")
     distiller = open_run(ode_run)
-    clips = bench.draw(distiller, 6, 4, distiller.ema.model.sample)
-    assert clips.shape[0] == 6 and torch.equal(clips, bench.draw(distiller, 6, 4, distiller.ema.model.sample))
+    clips, cond, _ = draw_samples(distiller.modality, distiller.ema.model.sample, 6, 4)
+    scored = evaluate_generator(distiller.modality, distiller.ema.model, 6, 4)
+    assert clips.shape[0] == 6
+    assert distiller.modality.evaluate(clips, cond)["shift_residual"] == scored["shift_residual"]
     scores = bench.per_transition(clips, distiller.modality.law.velocities)
     residual, in_set = law_residuals(clips, distiller.modality.law.velocities)
     assert len(scores["residual"]) == clips.shape[2] - 1
