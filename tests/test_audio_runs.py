@@ -2,6 +2,7 @@
 writes a folder of wav files with a spectrogram grid, a wav, a tensor, at a chosen class and step count; ARC
 without real generator inputs is refused by name."""
 
+import importlib.util
 import json
 
 import pytest
@@ -10,9 +11,11 @@ import torch
 from audio_fixtures import AUDIO, train_tiny_tones_teacher
 
 from potstill.cli import main
+from potstill.core.evaluation import evaluate_generator, evaluate_teacher
 from potstill.core.teacher_file import read_teacher_file
 from potstill.demo_audio import CLIPS_PER_CLASS, write_clips
 from potstill.runs import open_run
+from tests_support import ROOT
 
 QUICK = ["train.steps=2", "train.batch_size=4", "train.log_every=1", "train.progress=false", "eval.n_samples=8",
          "eval.batch_size=8", "train.checkpoint_every=0", "modality.classifier=null"]
@@ -81,3 +84,25 @@ def test_arc_needs_real_generator_inputs_and_output_kinds_are_named(tiny_teacher
     with pytest.raises(SystemExit):
         main(["sample", str(run), "--n", "2", "--out", str(tmp_path / "x.mp3")])
     assert ".wav" in capsys.readouterr().err
+
+
+def test_the_pingpong_benchmark_scores_student_and_teacher_weights_under_one_sampler(tiny_teacher, tmp_path):
+    """At the student's own times its row is the run's own score; at the single time 1 the teacher's weights
+    ping-pong to the teacher's one-step ODE (the x0 prediction from noise)."""
+    spec = importlib.util.spec_from_file_location("pingpong_times", ROOT / "benchmarks" / "pingpong_times.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    distiller = open_run(distill("arc", tmp_path / "arc", tiny_teacher))
+    own = distiller.ema.model.times.tolist()
+    rows = bench.score(distiller, [own, [1.0]], 8, 8)
+    assert [(r["weights"], r["times"]) for r in rows] == [("student", own), ("teacher", own), ("student", [1.0]),
+                                                          ("teacher", [1.0])]
+    student = evaluate_generator(distiller.modality, distiller.ema.model, 8, 8)
+    assert rows[0]["impurity"] == pytest.approx(student["impurity"])
+    teacher = evaluate_teacher(distiller.modality, distiller.teacher, 1, 8, 8)
+    assert rows[3]["impurity"] == pytest.approx(teacher["impurity"], rel=1e-4)
+    assert bench.parse_times("1,0.5,0.02") == [1.0, 0.5, 0.02]
+    with pytest.raises(SystemExit, match="comma-separated numbers"):
+        bench.parse_times("1;0.5")
+    table = bench.format_table(rows, ["impurity"]).splitlines()
+    assert table[5] == f"| teacher | 1 | {rows[3]['impurity']:.3g} |"
