@@ -2,7 +2,6 @@
 writes a folder of wav files with a spectrogram grid, a wav, a tensor, at a chosen class and step count; ARC
 without real generator inputs is refused by name."""
 
-import importlib.util
 import json
 
 import pytest
@@ -15,7 +14,7 @@ from potstill.core.evaluation import evaluate_generator, evaluate_teacher
 from potstill.core.teacher_file import read_teacher_file
 from potstill.demo_audio import CLIPS_PER_CLASS, write_clips
 from potstill.runs import open_run
-from tests_support import ROOT
+from tests_support import load_benchmark
 
 QUICK = ["train.steps=2", "train.batch_size=4", "train.log_every=1", "train.progress=false", "eval.n_samples=8",
          "eval.batch_size=8", "train.checkpoint_every=0", "modality.classifier=null"]
@@ -89,9 +88,7 @@ def test_arc_needs_real_generator_inputs_and_output_kinds_are_named(tiny_teacher
 def test_the_pingpong_benchmark_scores_student_and_teacher_weights_under_one_sampler(tiny_teacher, tmp_path):
     """At the student's own times its row is the run's own score; at the single time 1 the teacher's weights
     ping-pong to the teacher's one-step ODE (the x0 prediction from noise)."""
-    spec = importlib.util.spec_from_file_location("pingpong_times", ROOT / "benchmarks" / "pingpong_times.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("pingpong_times")
     distiller = open_run(distill("arc", tmp_path / "arc", tiny_teacher))
     own = distiller.ema.model.times.tolist()
     rows = bench.score(distiller, [own, [1.0]], 8, 8)

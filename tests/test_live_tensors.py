@@ -1,15 +1,11 @@
 """The memory benchmark's live-tensor count (benchmarks/live_tensors.py): new storages count until freed; views and
 in-place results do not count again."""
 
-import importlib.util
-
 import torch
 
-from tests_support import ROOT
+from tests_support import load_benchmark
 
-spec = importlib.util.spec_from_file_location("live_tensors", ROOT / "benchmarks" / "live_tensors.py")
-live_tensors = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(live_tensors)
+live_tensors = load_benchmark("live_tensors")
 
 
 def test_counts_new_storages_until_freed_and_not_views_or_in_place_results():

@@ -1,22 +1,17 @@
 """The independent wav scorer of the audio check (benchmarks/tones_wav_check.py): real tone clips written as wav
 score pitch 1 and purity ~1 class by class; clips filed under another class score pitch 0."""
 
-import importlib.util
-
 import soundfile
 import torch
 
 from potstill.data.tones import TonesOptions, tone_clips
-from tests_support import ROOT
+from tests_support import load_benchmark
 
 CLASSES = [[12], [18], [12, 15, 18]]
 
 
 def scorer():
-    spec = importlib.util.spec_from_file_location("tones_wav_check", ROOT / "benchmarks" / "tones_wav_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("tones_wav_check")
 
 
 def write_class_folders(root, law, labels_as):

@@ -2,7 +2,6 @@
 initialisation, Self-Forcing and CausVid from it, APT's initialisation and APT; `potstill sample` streams
 past the training length with --frames, --class and --stream; the errors name their key."""
 
-import importlib.util
 
 import pytest
 import torch
@@ -11,7 +10,7 @@ from potstill.cli import main
 from potstill.core.evaluation import draw_samples, evaluate_generator
 from potstill.modalities.video_scores import law_residuals
 from potstill.runs import open_run
-from tests_support import ROOT
+from tests_support import ROOT, load_benchmark
 from video_fixtures import VIDEO, train_tiny_teacher
 
 QUICK = ["train.steps=2", "train.batch_size=2", "train.log_every=1", "train.progress=false", "eval.n_samples=4",
@@ -87,15 +86,8 @@ def test_long_training_rollouts_name_what_cannot_hold_them(tiny_teacher, ode_run
     assert (run / "report.json").is_file()
 
 
-def benchmark(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_long_clip_benchmark_scores_every_row_on_one_draw(ode_run):
-    bench = benchmark("video_long_clips")
+    bench = load_benchmark("video_long_clips")
     assert bench.parse_row(f"sinks={ode_run}:generator.cache.sink_frames=2,generator.cache.window_frames=4") == (
         "sinks", str(ode_run), ["generator.cache.sink_frames=2", "generator.cache.window_frames=4"])
     with pytest.raises(SystemExit, match="LABEL=RUN_DIR"):
@@ -115,7 +107,7 @@ def test_the_long_clip_benchmark_scores_every_row_on_one_draw(ode_run):
 
 def test_the_transition_benchmark_scores_each_frame_pair_of_the_evaluation_draw(ode_run, monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))        # it reads its rows as video_long_clips does
-    bench = benchmark("video_transitions")
+    bench = load_benchmark("video_transitions")
     distiller = open_run(ode_run)
     clips, cond, _ = draw_samples(distiller.modality, distiller.ema.model.sample, 6, 4)
     scored = evaluate_generator(distiller.modality, distiller.ema.model, 6, 4)
@@ -134,7 +126,7 @@ def test_the_transition_benchmark_scores_each_frame_pair_of_the_evaluation_draw(
 
 
 def test_the_teacher_benchmark_scores_every_teacher_and_guidance_on_one_draw(tiny_teacher, monkeypatch):
-    bench = benchmark("video_teachers")
+    bench = load_benchmark("video_teachers")
     assert bench.parse_row(f"tiny={tiny_teacher}") == ("tiny", str(tiny_teacher))
     with pytest.raises(SystemExit, match="LABEL=TEACHER_FILE"):
         bench.parse_row(str(tiny_teacher))

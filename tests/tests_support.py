@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
@@ -14,6 +16,14 @@ from potstill.core.run_log import read_log
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """benchmarks/NAME.py as a module: the benchmarks are scripts, not a package."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 GAUSSIAN_TEACHER = {"kind": "gmm", "means": [[1.0, -2.0]], "stds": [[0.5, 1.5]], "schedule": "edm"}
 
