@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
+from einops import rearrange, repeat
 from timm.layers import Mlp, PatchEmbed
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -87,16 +87,19 @@ class Rope3D(nn.Module):
 
 
 def rotation(angles: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """(cos, sin) of RoPE angles [N, d/2] in `dtype`, made once per forward for every block."""
-    return angles.cos().to(dtype), angles.sin().to(dtype)
+    """RoPE's (cos, signed sin) [N, d] for angles [N, d/2], each repeated over its interleaved pair (the sin as
+    (-sin, sin)), in `dtype`, made once per forward for every block."""
+    cos = repeat(angles.cos(), "n k -> n (k two)", two=2)
+    sin = rearrange(torch.stack([-angles.sin(), angles.sin()], dim=-1), "n k two -> n (k two)")
+    return cos.to(dtype), sin.to(dtype)
 
 
 def rotate(x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """Apply RoPE to x [..., N, d] with (cos, sin) [N, d/2] (interleaved pairs)."""
+    """Apply RoPE to x [..., N, d] with `rotation`'s (cos, signed sin) [N, d]: each interleaved pair (x1, x2)
+    becomes (x1 cos - x2 sin, x1 sin + x2 cos), as x * cos + (x2, x1) * (-sin, sin)."""
     cos, sin = (part.to(x.dtype) for part in cos_sin)
-    pairs = rearrange(x, "... n (k two) -> ... n k two", two=2)
-    x1, x2 = pairs[..., 0], pairs[..., 1]
-    return rearrange(torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1), "... n k two -> ... n (k two)")
+    swapped = rearrange(rearrange(x, "... (k two) -> ... k two", two=2).flip(-1), "... k two -> ... (k two)")
+    return x * cos + swapped * sin
 
 
 class RopeAttention(nn.Module):

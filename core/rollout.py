@@ -79,7 +79,7 @@ class CausalRolloutGenerator(Generator):
 
     @property
     def nfe(self) -> int:
-        """Evaluations per chunk: the steps plus the cache write."""
+        """Evaluations per chunk: the steps plus the cache write (which the last chunk of a clip skips)."""
         return len(self.times) + 1
 
     def check_frames(self, frames: int) -> None:
@@ -138,7 +138,8 @@ class CausalRolloutGenerator(Generator):
                 self.write_context(previous, cond, cache)
             with_grad = grad_from is not None and end > grad_from
             x0 = self.denoise_chunk(noise[:, :, start:end], cond, cache, exit_step, with_grad)
-            self.write_context(x0.detach(), cond, cache)
+            if end < noise.shape[2]:                  # the last chunk's K/V would serve no later chunk
+                self.write_context(x0.detach(), cond, cache)
             previous = x0.detach()
             yield x0
 
@@ -189,7 +190,8 @@ class CausalRolloutGenerator(Generator):
 
     @torch.no_grad()
     def stream(self, noise: torch.Tensor, cond=None) -> Iterator[tuple[torch.Tensor, float]]:
-        """Chunks as they are finished, each with the seconds it took (its steps and its cache write)."""
+        """Chunks as they are finished, each with the seconds it took (its steps and, but for the last chunk, its
+        cache write)."""
         started = time.perf_counter()
         for chunk in self.chunks(noise, cond, len(self.times) - 1, None):
             now = time.perf_counter()

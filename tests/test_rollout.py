@@ -117,6 +117,12 @@ def test_training_draws_one_exit_step_per_rollout_and_sample_runs_every_step():
     streamed = [chunk for chunk, seconds in generator.stream(noise, cond)]
     torch.testing.assert_close(torch.cat(streamed, dim=2), sampled, rtol=1e-9, atol=1e-9)
     assert generator.nfe == len(TIMES) + 1
+    calls = []
+    generator.denoiser.backbone.register_forward_hook(lambda module, args, kwargs, out: calls.append(kwargs["write"]),
+                                                      with_kwargs=True)
+    generator.sample(noise, cond)
+    chunks = FRAMES // CHUNK          # every chunk's steps; the cache writes of all chunks but the last
+    assert calls.count(False) == chunks * len(TIMES) and calls.count(True) == chunks - 1
 
 
 def test_long_videos_roll_or_restart_and_a_bounded_cache_refuses():

@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from potstill.backbones.video_dit import VideoDiT, VideoDiTOptions
+from potstill.backbones.video_dit import VideoDiT, VideoDiTOptions, rotate, rotation
 from potstill.core.causal import CachePolicy
 from potstill.core.denoiser import Denoiser
 from potstill.core.registry import BACKBONES
@@ -158,3 +158,12 @@ def test_edm_preconditioning_takes_per_frame_times():
     x_t, y, t = video(), torch.tensor([0, 2]), torch.tensor([0.3, 0.7], dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(denoiser.x0(x_t, t[:, None].expand(2, 6), y), denoiser.x0(x_t, t, y))
+
+
+def test_rope_turns_each_interleaved_pair_as_a_complex_number_by_its_angle():
+    """RoFormer (Su et al. 2021, eq. 34): the pair (x1, x2) is x1 + i x2, multiplied by exp(i theta)."""
+    angles = torch.rand(6, 4, dtype=torch.float64) * 10
+    x = torch.randn(2, 3, 6, 8, dtype=torch.float64)
+    pairs = torch.view_as_complex(x.reshape(2, 3, 6, 4, 2).contiguous())
+    expected = torch.view_as_real(pairs * torch.polar(torch.ones_like(angles), angles)).reshape(2, 3, 6, 8)
+    torch.testing.assert_close(rotate(x, rotation(angles, torch.float64)), expected, rtol=1e-12, atol=1e-12)
