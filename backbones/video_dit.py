@@ -89,9 +89,9 @@ class Rope3D(nn.Module):
 def rotation(angles: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """RoPE's (cos, signed sin) [N, d] for angles [N, d/2], each repeated over its interleaved pair (the sin as
     (-sin, sin)), in `dtype`, made once per forward for every block."""
-    cos = repeat(angles.cos(), "n k -> n (k two)", two=2)
-    sin = rearrange(torch.stack([-angles.sin(), angles.sin()], dim=-1), "n k two -> n (k two)")
-    return cos.to(dtype), sin.to(dtype)
+    sin = angles.sin()
+    signed_sin = rearrange(torch.stack([-sin, sin], dim=-1), "n k two -> n (k two)")
+    return repeat(angles.cos(), "n k -> n (k two)", two=2).to(dtype), signed_sin.to(dtype)
 
 
 def rotate(x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
