@@ -119,11 +119,15 @@ class DiT(AdaLNZeroBackbone):
         self.activation_checkpointing = False    # recompute each block in backward (train.activation_checkpointing)
         self._initialize()
 
+    def embed_tokens(self, x: torch.Tensor, cond) -> torch.Tensor:
+        """The patch tokens [B, N, hidden] with their positions; a subclass may add per-token condition features."""
+        return self.x_embedder(x) + self.pos_embed
+
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond=None, features: list[int] | None = None,
                 time_extra: torch.Tensor | None = None):
         o = self.options
         channels = x.shape[1]
-        tokens = self.x_embedder(x) + self.pos_embed
+        tokens = self.embed_tokens(x, cond)
         c = self.t_embedder(c_noise) + self.embed_condition(cond)
         if time_extra is not None:
             c = c + time_extra

@@ -9,9 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from einops import rearrange
 from torch import nn
 
-from potstill.backbones.cameras import Cameras, look_at_origin
+from potstill.backbones.cameras import Cameras, camera_rays, look_at_origin
 from potstill.backbones.dit import DiT, DiTOptions
 from potstill.core.registry import BACKBONES
 
@@ -43,6 +44,7 @@ class ViewDiTOptions(DiTOptions):
     num_classes: int | None = None
     text_dim: int | None = 0
     learn_sigma: bool = False
+    ray_map: bool = False
 
 
 class CameraEmbedder(nn.Module):
@@ -60,6 +62,24 @@ class CameraEmbedder(nn.Module):
         return present * self.mlp(features) + (1 - present) * self.null
 
 
+class RayEmbedder(nn.Module):
+    """Each token's pixel rays as Plücker coordinates (direction d, moment o x d; CAT3D, Gao et al. 2024),
+    patchified and projected: where every token looks, which the global camera embedding leaves the network to
+    work out. Zero for rows whose camera is dropped."""
+
+    def __init__(self, image_size: int, patch: int, hidden: int) -> None:
+        super().__init__()
+        self.image_size, self.patch = image_size, patch
+        self.proj = nn.Linear(6 * patch * patch, hidden)
+
+    def forward(self, cond: torch.Tensor) -> torch.Tensor:
+        present = cond[:, PRESENT] > 0.5
+        origins, directions = camera_rays(condition_cameras(cond), self.image_size, self.image_size)
+        plucker = torch.cat([directions, torch.linalg.cross(origins, directions)], -1).to(cond.dtype)
+        plucker = torch.where(present[:, None, None, None], plucker, torch.zeros_like(plucker))
+        return self.proj(rearrange(plucker, "b (h p) (w q) c -> b (h w) (p q c)", p=self.patch, q=self.patch))
+
+
 class ViewDiT(DiT):
     """`view_dit(x, c_noise, cond)`: cond [B, 6] from `view_condition`; the null condition drops label and camera
     together (the unconditional model of classifier-free guidance)."""
@@ -74,11 +94,17 @@ class ViewDiT(DiT):
         super().__init__(options)
         self.condition_width = CONDITION_WIDTH + (options.text_dim or 0)
         self.camera_embedder = CameraEmbedder(options.hidden_size)
+        self.ray_embedder = (RayEmbedder(options.input_size, options.patch_size, options.hidden_size)
+                             if options.ray_map else None)
 
     def null_condition(self, cond: torch.Tensor) -> torch.Tensor:
         null = torch.zeros_like(cond)
         null[:, LABEL] = self.options.num_classes or 0
         return null
+
+    def embed_tokens(self, x: torch.Tensor, cond) -> torch.Tensor:
+        tokens = super().embed_tokens(x, cond)
+        return tokens if self.ray_embedder is None else tokens + self.ray_embedder(cond)
 
     def embed_condition(self, cond) -> torch.Tensor:
         if cond is None or not cond.is_floating_point() or cond.shape[-1] != self.condition_width:

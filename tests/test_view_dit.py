@@ -1,11 +1,14 @@
 """The view teacher's subject is a class label or a text embedding, never both; a text teacher reads the text after
-the six view columns and ignores the label."""
+the six view columns and ignores the label; the ray map gives each token its pixels' Plücker rays, none for a
+dropped camera."""
+
+import math
 
 import pytest
 import torch
 
 from potstill.backbones.cameras import look_at_origin
-from potstill.backbones.view_dit import ViewDiT, ViewDiTOptions, view_condition
+from potstill.backbones.view_dit import RayEmbedder, ViewDiT, ViewDiTOptions, view_condition
 
 
 def small(**subject) -> ViewDiT:
@@ -39,3 +42,32 @@ def test_a_text_teacher_reads_the_text_and_not_the_label():
     assert not torch.allclose(other_text[0], other_text[1])
     null = model.null_condition(view_condition(torch.zeros(1), cameras(1), text))
     assert null.shape == (1, 14) and null.abs().sum() == 0
+
+
+def test_the_ray_map_holds_each_pixels_plucker_ray():
+    """Through a 2x2 image's four pixels around the centre of a camera looking at the origin: directions at the
+    half-pixel angle off the axis, and moments o x d of norm |o| sin(angle), orthogonal to d."""
+    embedder = RayEmbedder(image_size=2, patch=2, hidden=24)
+    with torch.no_grad():
+        embedder.proj.weight.copy_(torch.eye(24))
+        embedder.proj.bias.zero_()
+    camera = look_at_origin(torch.tensor([0.3]), torch.tensor([1.1]), torch.tensor([1.5]), torch.tensor([0.8]))
+    rays = embedder(view_condition(torch.zeros(1), camera)).detach().reshape(4, 6)
+    direction, moment = rays[:, :3], rays[:, 3:]
+    axis = -camera.c2w[0, :3, 3] / 1.5
+    off_axis = math.atan(math.sqrt(2) * 0.5 / (1 / math.tan(0.4)))
+    torch.testing.assert_close(direction @ axis, torch.full((4,), math.cos(off_axis)), atol=1e-5, rtol=0)
+    torch.testing.assert_close(moment.norm(dim=1), torch.full((4,), 1.5 * math.sin(off_axis)), atol=1e-5, rtol=0)
+    torch.testing.assert_close((moment * direction).sum(1), torch.zeros(4), atol=1e-6, rtol=0)
+
+
+def test_a_dropped_camera_gives_no_rays_and_the_ray_map_changes_the_output():
+    model = small(num_classes=3, ray_map=True)
+    cond = view_condition(torch.zeros(2, dtype=torch.long), look_at_origin(
+        torch.zeros(2), torch.tensor([0.0, 1.0]), torch.full((2,), 1.5), torch.full((2,), 0.8)))
+    rays = model.ray_embedder(model.null_condition(cond))
+    torch.testing.assert_close(rays, model.ray_embedder.proj.bias.expand_as(rays))
+    x, t = torch.randn(1, 3, 8, 8).expand(2, -1, -1, -1), torch.full((2,), 0.5)
+    without = small(num_classes=3)
+    without.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("ray_embedder")})
+    assert not torch.allclose(model(x, t, cond), without(x, t, cond))
