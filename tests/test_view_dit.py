@@ -65,6 +65,8 @@ def test_a_dropped_camera_gives_no_rays_and_the_ray_map_changes_the_output():
     model = small(num_classes=3, ray_map=True)
     cond = view_condition(torch.zeros(2, dtype=torch.long), look_at_origin(
         torch.zeros(2), torch.tensor([0.0, 1.0]), torch.full((2,), 1.5), torch.full((2,), 0.8)))
+    with pytest.raises(ValueError, match=r"the condition must be a float tensor \[B, 6\]"):
+        model(torch.randn(1, 3, 8, 8), torch.rand(1), None)
     rays = model.ray_embedder(model.null_condition(cond))
     torch.testing.assert_close(rays, model.ray_embedder.proj.bias.expand_as(rays))
     x, t = torch.randn(1, 3, 8, 8).expand(2, -1, -1, -1), torch.full((2,), 0.5)
