@@ -120,15 +120,16 @@ class DiT(AdaLNZeroBackbone):
         self._initialize()
 
     def embed_tokens(self, x: torch.Tensor, cond) -> torch.Tensor:
-        """The patch tokens [B, N, hidden] with their positions; a subclass may add per-token condition features."""
+        """The patch tokens [B, N, hidden] with their positions; a subclass may add per-token condition features
+        (the forward has passed `cond` through `embed_condition`, and its checks, first)."""
         return self.x_embedder(x) + self.pos_embed
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond=None, features: list[int] | None = None,
                 time_extra: torch.Tensor | None = None):
         o = self.options
         channels = x.shape[1]
-        tokens = self.embed_tokens(x, cond)
         c = self.t_embedder(c_noise) + self.embed_condition(cond)
+        tokens = self.embed_tokens(x, cond)
         if time_extra is not None:
             c = c + time_extra
         activations = []

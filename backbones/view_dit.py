@@ -102,21 +102,16 @@ class ViewDiT(DiT):
         null[:, LABEL] = self.options.num_classes or 0
         return null
 
-    def check_condition(self, cond) -> None:
-        if cond is None or not cond.is_floating_point() or cond.shape[-1] != self.condition_width:
-            raise ValueError(f"view_dit: the condition must be a float tensor [B, {self.condition_width}] from "
-                             f"view_condition{' with text embeddings' if self.text_embedder else ''}, got "
-                             f"{None if cond is None else tuple(cond.shape)}")
-
     def embed_tokens(self, x: torch.Tensor, cond) -> torch.Tensor:
-        """The patch tokens, plus their rays with `ray_map` (the condition is checked first: the forward reads it
-        here before `embed_condition`)."""
-        self.check_condition(cond)
+        """The patch tokens, plus their rays with `ray_map`."""
         tokens = super().embed_tokens(x, cond)
         return tokens if self.ray_embedder is None else tokens + self.ray_embedder(cond)
 
     def embed_condition(self, cond) -> torch.Tensor:
-        self.check_condition(cond)
+        if cond is None or not cond.is_floating_point() or cond.shape[-1] != self.condition_width:
+            raise ValueError(f"view_dit: the condition must be a float tensor [B, {self.condition_width}] from "
+                             f"view_condition{' with text embeddings' if self.text_embedder else ''}, got "
+                             f"{None if cond is None else tuple(cond.shape)}")
         subject = (self.text_embedder(cond[:, CONDITION_WIDTH:]) if self.text_embedder is not None
                    else self.y_embedder(cond[:, LABEL].round().long()))
         return subject + self.camera_embedder(cond)
