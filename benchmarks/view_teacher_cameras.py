@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 import torch
+from video_teachers import parse_row
 
-from potstill.backbones.cameras import look_at_origin
+from potstill.backbones.cameras import turntable_cameras
 from potstill.backbones.view_dit import view_condition
 from potstill.core.evaluation import evaluate_teacher
 from potstill.core.teacher_file import build_trained_denoiser, teacher_data
@@ -28,31 +28,25 @@ from potstill.modalities.shape_scores import silhouette_iou
 from potstill.modalities.text_to_3d import INK, TextTo3DModality, TextTo3DOptions
 
 RESULTS = Path(__file__).resolve().parent / "results"
-ELEVATION, DISTANCE, FOVY = 10.0, 1.75, 50.0
-
-
-def side_cameras(azimuths: torch.Tensor):
-    """Cameras at the given azimuths (radians), 10 degrees above the horizon, at the turntable's distance and fovy."""
-    full = torch.ones_like(azimuths)
-    return look_at_origin(full * math.radians(ELEVATION), azimuths, full * DISTANCE, full * math.radians(FOVY))
+ELEVATION = 10.0
 
 
 @torch.no_grad()
 def score(checkpoint: str, times: list[float], count: int, nfe: int, n: int) -> dict[str, dict[str, float]]:
     """Per shape and t: the prediction's silhouette IoU against its own camera's view and the turned one's; and
-    the scores of the teacher's `nfe`-step views."""
+    the scores of the teacher's `nfe`-step views. `count` turntable cameras, a multiple of 4: camera k turned 90
+    degrees is camera k + count / 4."""
     teacher = build_trained_denoiser(checkpoint, "row")
     data = teacher_data(teacher, "shapes3d")
     if data is None:
         raise SystemExit(f"{checkpoint}: not a shapes3d teacher (its metadata names no shapes3d data)")
     shapes = ShapesOptions(**{k: v for k, v in data.items() if k != "kind"})
-    azimuths = torch.arange(count, dtype=torch.float64) * (2 * math.pi / count)
-    cameras, turned = side_cameras(azimuths), side_cameras(azimuths + math.pi / 2)
+    cameras = turntable_cameras(count, ELEVATION)
     noise = torch.randn(count, 3, shapes.image_size, shapes.image_size, generator=torch.Generator().manual_seed(0))
     rows = {}
     for label, spec in enumerate(shapes.specs):
         views, silhouette, _ = render_shape(spec, cameras, shapes.image_size)
-        turned_silhouette = render_shape(spec, turned, shapes.image_size)[1]
+        turned_silhouette = silhouette.roll(-(count // 4), dims=0)
         cond = view_condition(torch.full((count,), label), cameras)
         row = {"exact_views_iou": silhouette_iou(silhouette, turned_silhouette)}
         for t in times:
@@ -84,16 +78,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("rows", nargs="+", help="LABEL=TEACHER_FILE (a path or embedded:NAME)")
     parser.add_argument("--times", type=float, nargs="+", default=[0.9, 0.6, 0.3])
-    parser.add_argument("--azimuths", type=int, default=36)
+    parser.add_argument("--azimuths", type=int, default=36, help="a multiple of 4")
     parser.add_argument("--nfe", type=int, default=24)
     parser.add_argument("--n", type=int, default=256, help="views a shape from the sampler")
     parser.add_argument("--name", default="view_teacher_cameras")
     args = parser.parse_args()
+    if args.azimuths % 4:
+        raise SystemExit(f"--azimuths {args.azimuths}: must be a multiple of 4 (each camera's view turned 90 degrees "
+                         "is another's)")
     records = []
-    for text in args.rows:
-        label, sep, checkpoint = text.partition("=")
-        if not sep or not label or not checkpoint:
-            raise SystemExit(f"row {text!r}: expected LABEL=TEACHER_FILE")
+    for label, checkpoint in map(parse_row, args.rows):
         records.append({"label": label, "checkpoint": checkpoint,
                         "shapes": score(checkpoint, args.times, args.azimuths, args.nfe, args.n)})
     RESULTS.mkdir(exist_ok=True)
