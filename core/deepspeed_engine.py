@@ -31,7 +31,7 @@ from potstill.core.engine import (
 from potstill.core.host_allocator import fix_mmap_threshold
 from potstill.core.registry import ENGINES
 from potstill.core.sequence_parallel import SequenceGroup, set_sequence_group
-from potstill.core.zero_build import copy_module, is_partitioned
+from potstill.core.zero_build import copy_module, held_elements, is_partitioned
 
 DEEPSPEED_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "deepspeed"
 CHECKPOINT_FOLDER = "deepspeed"
@@ -278,7 +278,7 @@ class DeepSpeedEngine(Engine):
         return trainable.backend.optimizer.param_groups
 
     def local_parameters(self, module: nn.Module) -> list[tuple[str, torch.Tensor]]:
-        return [(n, getattr(p, "ds_tensor", p)) for n, p in module.named_parameters() if p.requires_grad]
+        return [(n, held_elements(p)) for n, p in module.named_parameters() if p.requires_grad]
 
     def max_over_ranks(self, value: int) -> int:
         box = torch.tensor([value], dtype=torch.int64, device=self.device)

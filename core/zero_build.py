@@ -23,6 +23,16 @@ def is_partitioned(tensor: torch.Tensor) -> bool:
     return hasattr(tensor, "ds_id")
 
 
+def held_elements(tensor: torch.Tensor) -> torch.Tensor:
+    """The elements of a parameter this rank holds: a ZeRO-3 partition without its padding (DeepSpeed leaves the
+    last partition's padding uninitialised, so it may read as NaN), or the whole tensor."""
+    if not is_partitioned(tensor):
+        return tensor
+    partition = tensor.ds_tensor
+    start = partition.numel() * tensor.ds_zero_partition_rank
+    return partition.narrow(0, 0, max(0, min(partition.numel(), tensor.ds_numel - start)))
+
+
 def full_shape(tensor: torch.Tensor) -> torch.Size:
     return tensor.ds_shape if is_partitioned(tensor) else tensor.shape
 

@@ -162,7 +162,9 @@ def test_a_teacher_built_under_zero3_never_exists_whole_on_a_rank(tmp_path):
     reads the file, also holds the file's mapped pages (page cache the kernel reclaims under pressure). With 3/4 of
     the teacher's bytes to spend (`train.memory_per_rank_gib`), it is refused on one rank before it is read, with
     the remedy, and built split over two. A diffusers Wan transformer saved in shards streams into its partitions
-    from its index the same way, equal to its whole load, with the RoPE tables it computes as it is made."""
+    from its index the same way, equal to its whole load, with the RoPE tables it computes as it is made. The
+    check for non-finite parameters reads every element the ranks hold, once, and none of the partitions'
+    uninitialised padding (a NaN there once stopped a run at its first update)."""
     network = DiTOptions(input_size=8, patch_size=2, in_channels=4, hidden_size=384, depth=8, num_heads=6,
                          num_classes=10, learn_sigma=False)
     tiny = replace(network, hidden_size=32, depth=1, num_heads=2)
@@ -176,10 +178,12 @@ def test_a_teacher_built_under_zero3_never_exists_whole_on_a_rank(tmp_path):
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     total = reports[0]["teacher_total"]
     assert sum(r["teacher_held"] for r in reports) == pytest.approx(total, rel=1e-3)
+    assert sum(r["head_held"] for r in reports) == reports[0]["head_total"] and sum(r["head_padded"] for r in reports)
     for r in reports:
         assert r["teacher_partitioned"] and r["student_partitioned"] and r["student_trains"]
         assert r["whole_copy_whole"] and r["whole_copy_equal"]
         assert r["mismatched"] == [] and r["copies_differ"] == []
+        assert r["padding_flagged"] is None and r["held_nan_found"]
         assert r["wan_partitioned"] and r["wan_differ"] == [] and r["wan_buffers_equal"]
         assert "teacher.checkpoint: its parameters need" in r["refused_whole"] and "split it across ranks" in \
             r["refused_whole"]

@@ -2,8 +2,8 @@
 under ZeRO-3 one parameter at a time from its file, and the student and whole copies made from it; each rank
 writes what it saw and how much its resident memory grew while building (after building the tiny teacher the same
 way, so that DeepSpeed's one-time start-up costs are not counted); and with a budget of 3/4 of the teacher, the
-teacher refused whole on one rank and built split over two; and a Wan transformer saved in shards, streamed into
-partitions, against its whole load."""
+teacher refused whole on one rank and built split over two; a Wan transformer saved in shards, streamed into
+partitions, against its whole load; and the elements the finite check reads, with the partitions' padding NaN."""
 
 import json
 import sys
@@ -15,9 +15,10 @@ from safetensors.torch import load_file
 
 from potstill.core.config import TrainConfig
 from potstill.core.deepspeed_engine import DeepSpeedEngine, DeepSpeedOptions
+from potstill.core.engine import first_nonfinite
 from potstill.core.memory_budget import process_memory
 from potstill.core.pretrained import load_pretrained, load_pretrained_partitioned
-from potstill.core.zero_build import is_partitioned
+from potstill.core.zero_build import held_elements, is_partitioned
 from potstill.modalities.image import DiTTeacherOptions, build_dit_denoiser
 
 
@@ -37,6 +38,27 @@ def wan_streamed(folder: Path, engine: DeepSpeedEngine) -> dict:
                 differ.append(name)
     return {"wan_partitioned": all(is_partitioned(p) for p in split.parameters()), "wan_differ": differ,
             "wan_buffers_equal": all(torch.equal(a, b) for a, b in zip(split.buffers(), whole.buffers(), strict=True))}
+
+
+def finite_check(engine: DeepSpeedEngine) -> dict:
+    """What the finite check reads of a partitioned head whose odd-sized tensors leave padding in the last
+    partition: the elements each rank holds, none of that padding (DeepSpeed leaves it uninitialised; set to NaN
+    here), and a NaN in a held element is found."""
+    with engine.partition_for(True, torch.float32):
+        head = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 1))
+    with torch.no_grad():
+        padded = 0
+        for parameter in head.parameters():
+            padding = parameter.ds_tensor[held_elements(parameter).numel():]
+            padded += padding.numel()
+            padding.fill_(float("nan"))
+        held = engine.local_parameters(head)
+        padding_flagged = first_nonfinite(held)
+        name, tensor = next((n, t) for n, t in held if t.numel())
+        tensor[0] = float("nan")
+        held_nan_found = first_nonfinite(engine.local_parameters(head)) == name
+    return {"head_held": sum(t.numel() for _, t in held), "head_total": sum(p.ds_numel for p in head.parameters()),
+            "head_padded": padded, "padding_flagged": padding_flagged, "held_nan_found": held_nan_found}
 
 
 def main(warm_up: Path, path: Path, out: Path, wan: Path) -> None:
@@ -81,6 +103,7 @@ def main(warm_up: Path, path: Path, out: Path, wan: Path) -> None:
         "build_growth_bytes": build_growth,
         "refused_whole": refused_whole,
         **wan_streamed(wan, engine),
+        **finite_check(engine),
     }
     (out / f"rank{engine.rank}.json").write_text(json.dumps(report))
     engine.close()
