@@ -1,5 +1,5 @@
 """3-D fields a text-to-3D generator optimises: points in the unit cube [-1, 1]^3 (the scene scaled by the
-renderer's radius) -> raw density [N] (before the renderer's bias and softplus) and colour [N, 3] in [0, 1].
+renderer's radius) -> raw density [N] (before the renderer's bias and density activation) and colour [N, 3] in [0, 1].
 `voxel_grid` is threestudio's `volume_grid` (trilinear lookup in a dense grid), `mlp_field` a Fourier-feature
 MLP (Tancik et al. 2020)."""
 

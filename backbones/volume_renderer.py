@@ -1,6 +1,7 @@
 """Pure-PyTorch volume rendering of a 3-D field (NeRF's quadrature, Mildenhall et al. 2020, as threestudio's
 NeRF renderer computes it, without nerfacc): stratified samples where each ray crosses the scene's bounding
-sphere, density softplus(raw + blob bias) (threestudio's `blob` prior, which starts the field as a ball),
+sphere, density softplus(raw + blob bias) or its truncated exp (threestudio's `blob` prior, which starts the field
+as a ball, and its density activations),
 alpha compositing over a background colour. Returns colour, opacity, expected depth and the surface point where
 the accumulated opacity crosses 1/2, chunked over rays."""
 
@@ -17,6 +18,25 @@ from potstill.backbones.fields import Field
 from potstill.core.config import AT_LEAST_1, POSITIVE, RULES, Rule
 
 SURFACE_OPACITY = 0.5       # a ray's surface point is where its accumulated opacity crosses this
+EXP_GRADIENT_CAP = 15.0     # trunc_exp's gradient is exp(min(x, this)), as torch-ngp and threestudio take it
+
+
+class TruncatedExp(torch.autograd.Function):
+    """exp(x) with the gradient of exp(min(x, EXP_GRADIENT_CAP)) (torch-ngp's trunc_exp): a density that Adam's
+    bounded steps on the raw value can raise by orders of magnitude, without an overflowing gradient."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return torch.exp(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        return grad * torch.exp(x.clamp(max=EXP_GRADIENT_CAP))
+
+
+DENSITY_ACTIVATIONS = {"softplus": F.softplus, "trunc_exp": TruncatedExp.apply}
 
 
 @dataclass
@@ -24,18 +44,22 @@ class RendererOptions:
     """`radius`: the bounding sphere of the scene (world units; the field's unit cube is scaled by it).
     `samples`: stratified samples per ray (jittered in training, bin centres otherwise). `blob_scale`,
     `blob_std`: the density bias blob_scale (1 - |p| / blob_std) (threestudio's volume grid: 5, 0.5); 0 switches
-    it off. `background`: the colour of rays that hit nothing, in [0, 1]. `chunk`: rays per pass."""
+    it off. `density_activation`: `softplus` or `trunc_exp` (exp, for fields whose surface must be sharp: the
+    opacity reaches 1/2 at ln 2 / density inside the matter). `background`: the colour of rays that hit nothing, in
+    [0, 1]. `chunk`: rays per pass."""
 
     radius: float = 1.0
     samples: int = 64
     blob_scale: float = 5.0
     blob_std: float = 0.5
+    density_activation: str = "softplus"
     background: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
     chunk: int = 32768
 
 
 RULES[RendererOptions] = {
     "radius": POSITIVE, "blob_std": POSITIVE, "samples": AT_LEAST_1, "chunk": AT_LEAST_1,
+    "density_activation": Rule(lambda v: v in DENSITY_ACTIVATIONS, f"one of {sorted(DENSITY_ACTIVATIONS)}"),
     "background": Rule(lambda v: len(v) == 3 and all(0 <= c <= 1 for c in v), "an [r, g, b] colour in [0, 1]"),
 }
 
@@ -73,10 +97,11 @@ def sphere_interval(origins: torch.Tensor, directions: torch.Tensor, radius: flo
 
 def density(field_module: Field, points: torch.Tensor, options: RendererOptions
             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(density, colour) at world points [N, 3]: softplus(raw + blob bias), and the field's colour."""
+    """(density, colour) at world points [N, 3]: the density activation of raw + blob bias, and the field's
+    colour."""
     raw, colour = field_module(points / options.radius)
     bias = options.blob_scale * (1 - points.detach().norm(dim=-1) / options.blob_std)
-    return F.softplus(raw + bias), colour
+    return DENSITY_ACTIVATIONS[options.density_activation](raw + bias), colour
 
 
 def _render_rays(field_module: Field, origins: torch.Tensor, directions: torch.Tensor, options: RendererOptions,

@@ -9,19 +9,27 @@ import torch.nn.functional as F
 
 from potstill.backbones.cameras import camera_rays, turntable_cameras
 from potstill.backbones.fields import Field, MLPField, MLPFieldOptions, VoxelGrid, VoxelGridOptions
-from potstill.backbones.volume_renderer import RendererOptions, render, sphere_interval
+from potstill.backbones.volume_renderer import EXP_GRADIENT_CAP, RendererOptions, TruncatedExp, render, sphere_interval
 from potstill.core.config import ConfigError, from_dict
 
 BALL_RADIUS = 0.5
 BALL_DENSITY = 3.0
 
 
+RAW_INSIDE = {"softplus": math.log(math.expm1(BALL_DENSITY)), "trunc_exp": math.log(BALL_DENSITY)}
+
+
 class ConstantBall(Field):
-    """softplus(raw) = BALL_DENSITY inside the ball of BALL_RADIUS (world units, scene radius 1), about 0 outside."""
+    """activation(raw) = BALL_DENSITY inside the ball of BALL_RADIUS (world units, scene radius 1), about 0
+    outside."""
+
+    def __init__(self, activation: str = "softplus") -> None:
+        super().__init__()
+        self.raw_inside = RAW_INSIDE[activation]
 
     def forward(self, points):
         inside = points.norm(dim=-1) < BALL_RADIUS
-        raw = torch.where(inside, math.log(math.expm1(BALL_DENSITY)), -40.0)
+        raw = torch.where(inside, self.raw_inside, -40.0)
         return raw, torch.ones_like(points) * torch.tensor([1.0, 0.0, 0.0])
 
 
@@ -34,11 +42,12 @@ def analytic_ball(origins, directions):
     return opacity, depth, enter + math.log(2) / BALL_DENSITY
 
 
-def test_a_ball_of_constant_density_renders_its_analytic_opacity_depth_and_surface():
+@pytest.mark.parametrize("activation", sorted(RAW_INSIDE))
+def test_a_ball_of_constant_density_renders_its_analytic_opacity_depth_and_surface(activation):
     cameras = turntable_cameras(3, elevation_deg=20.0, distance=1.8, fovy_deg=45.0)
     origins, directions = camera_rays(cameras, 24, 24)
-    options = RendererOptions(samples=2048, blob_scale=0.0)
-    out = render(ConstantBall(), origins, directions, options)
+    options = RendererOptions(samples=2048, blob_scale=0.0, density_activation=activation)
+    out = render(ConstantBall(activation), origins, directions, options)
     opacity, depth, surface_distance = analytic_ball(origins, directions)
     assert (opacity > 0.5).sum() > 100                    # the ball fills a good part of each view
     torch.testing.assert_close(out.opacity, opacity, atol=3e-3, rtol=0)
@@ -95,6 +104,8 @@ def test_renderer_options_name_the_bad_key():
         from_dict(RendererOptions, {"samples": 0}, "generator.renderer")
     with pytest.raises(ConfigError, match=r"generator\.renderer\.background: must be an \[r, g, b\]"):
         from_dict(RendererOptions, {"background": [1.0, 1.0]}, "generator.renderer")
+    with pytest.raises(ConfigError, match=r"generator\.renderer\.density_activation: must be one of"):
+        from_dict(RendererOptions, {"density_activation": "relu"}, "generator.renderer")
 
 
 def test_surface_points_are_none_where_rays_miss():
@@ -104,3 +115,15 @@ def test_surface_points_are_none_where_rays_miss():
     assert out.hit.tolist() == [True, False]
     torch.testing.assert_close(out.surface[0], torch.tensor([0.0, 0.0, BALL_RADIUS - math.log(2) / BALL_DENSITY]),
                                atol=2e-3, rtol=0)
+
+
+def test_truncated_exp_is_exp_with_its_gradient_capped():
+    """trunc_exp: exp(x) forward; the gradient exp(x) below the cap (checked numerically) and exp(cap) above it,
+    so a saturated density still learns and never overflows its gradient."""
+    x = torch.tensor([-3.0, 0.5, 4.0], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(TruncatedExp.apply, (x,))
+    high = torch.tensor([20.0, 100.0], dtype=torch.float64, requires_grad=True)
+    value = TruncatedExp.apply(high)
+    torch.testing.assert_close(value.detach(), torch.exp(high.detach()))
+    value.sum().backward()
+    torch.testing.assert_close(high.grad, torch.full_like(high, math.exp(EXP_GRADIENT_CAP)))
