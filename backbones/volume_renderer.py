@@ -1,9 +1,9 @@
 """Pure-PyTorch volume rendering of a 3-D field (NeRF's quadrature, Mildenhall et al. 2020, as threestudio's
 NeRF renderer computes it, without nerfacc): stratified samples where each ray crosses the scene's bounding
-sphere, density softplus(raw + blob bias) or its truncated exp (threestudio's `blob` prior, which starts the field
-as a ball, and its density activations),
-alpha compositing over a background colour. Returns colour, opacity, expected depth and the surface point where
-the accumulated opacity crosses 1/2, chunked over rays."""
+sphere, density softplus(raw + blob bias) or its truncated exp (threestudio's `blob` prior, which starts the
+field as a ball, and two of its density activations), alpha compositing over a background colour. Returns
+colour, opacity, expected depth and the surface point where the accumulated opacity crosses 1/2, chunked over
+rays."""
 
 from __future__ import annotations
 
@@ -44,9 +44,9 @@ class RendererOptions:
     """`radius`: the bounding sphere of the scene (world units; the field's unit cube is scaled by it).
     `samples`: stratified samples per ray (jittered in training, bin centres otherwise). `blob_scale`,
     `blob_std`: the density bias blob_scale (1 - |p| / blob_std) (threestudio's volume grid: 5, 0.5); 0 switches
-    it off. `density_activation`: `softplus` or `trunc_exp` (exp, for fields whose surface must be sharp: the
-    opacity reaches 1/2 at ln 2 / density inside the matter). `background`: the colour of rays that hit nothing, in
-    [0, 1]. `chunk`: rays per pass."""
+    it off. `density_activation`: `softplus` or `trunc_exp` (the opacity reaches 1/2 at ln 2 / density inside the
+    matter, and under Adam exp lets the density rise far faster: a sharper surface, and a freer one, README).
+    `background`: the colour of rays that hit nothing, in [0, 1]. `chunk`: rays per pass."""
 
     radius: float = 1.0
     samples: int = 64

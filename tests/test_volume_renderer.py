@@ -14,8 +14,6 @@ from potstill.core.config import ConfigError, from_dict
 
 BALL_RADIUS = 0.5
 BALL_DENSITY = 3.0
-
-
 RAW_INSIDE = {"softplus": math.log(math.expm1(BALL_DENSITY)), "trunc_exp": math.log(BALL_DENSITY)}
 
 
