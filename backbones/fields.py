@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from potstill.core.config import AT_LEAST_1, RULES, Rule
+from potstill.core.config import AT_LEAST_1, POSITIVE, RULES, Rule
 from potstill.core.registry import FIELDS
 
 
@@ -27,15 +27,19 @@ class Field(nn.Module):
 @dataclass
 class VoxelGridOptions:
     """A `resolution`^3 grid of 4 channels (raw density, 3 colour logits), zero at the start: grey, and only the
-    renderer's density bias shapes the first views."""
+    renderer's density bias shapes the first views. `density_scale` multiplies the raw density as it is read, so
+    that under Adam, whose steps are about the rate whatever the gradient's size, the density moves that many
+    times faster than the colour (softplus: the half-opacity surface, ln 2 / density inside the matter, comes out)."""
 
     resolution: int = 48
+    density_scale: float = 1.0
 
 
 class VoxelGrid(Field):
     def __init__(self, options: VoxelGridOptions) -> None:
         super().__init__()
         r = options.resolution
+        self.density_scale = options.density_scale
         self.grid = nn.Parameter(torch.zeros(1, 4, r, r, r))
 
     def forward(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,7 +47,7 @@ class VoxelGrid(Field):
         where = rearrange(points, "n xyz -> 1 n 1 1 xyz").to(self.grid.dtype)
         values = F.grid_sample(self.grid, where, mode="bilinear", align_corners=True)
         values = rearrange(values, "1 c n 1 1 -> n c")
-        return values[:, 0], torch.sigmoid(values[:, 1:])
+        return values[:, 0] * self.density_scale, torch.sigmoid(values[:, 1:])
 
 
 @dataclass
@@ -75,7 +79,7 @@ class MLPField(Field):
         return values[:, 0], torch.sigmoid(values[:, 1:])
 
 
-RULES[VoxelGridOptions] = {"resolution": Rule(lambda v: v >= 2, "at least 2")}
+RULES[VoxelGridOptions] = {"resolution": Rule(lambda v: v >= 2, "at least 2"), "density_scale": POSITIVE}
 RULES[MLPFieldOptions] = dict.fromkeys(["frequencies", "width", "depth"], AT_LEAST_1)
 FIELDS.register("voxel_grid", VoxelGridOptions)(lambda options, sample_shape: VoxelGrid(options))
 FIELDS.register("mlp_field", MLPFieldOptions)(lambda options, sample_shape: MLPField(options))

@@ -90,6 +90,25 @@ def test_the_voxel_grid_interpolates_trilinearly_between_its_corners():
     torch.testing.assert_close(colour, torch.full((3, 3), 0.5))
 
 
+def test_the_density_scale_multiplies_the_density_and_its_adam_step():
+    """`density_scale` k: the raw density read is k times the grid's, colour untouched; one Adam step (about the
+    rate whatever the gradient's size) moves the read density k times as far as with k = 1."""
+    moved = []
+    for scale in (1.0, 4.0):
+        grid = VoxelGrid(VoxelGridOptions(resolution=2, density_scale=scale))
+        with torch.no_grad():
+            grid.grid[0, 0] = 0.5
+        points = torch.tensor([[0.1, -0.2, 0.3]])
+        before, colour = grid(points)
+        torch.testing.assert_close(before, torch.tensor([0.5 * scale]))
+        torch.testing.assert_close(colour, torch.full((1, 3), 0.5))
+        optimizer = torch.optim.Adam(grid.parameters(), lr=0.01)
+        (-before.sum()).backward()
+        optimizer.step()
+        moved.append(float((grid(points)[0] - before).detach()))
+    assert moved[1] == pytest.approx(4 * moved[0], rel=1e-4)
+
+
 def test_the_blob_bias_starts_an_empty_field_as_a_ball():
     origins, directions = camera_rays(turntable_cameras(1, elevation_deg=0.0, distance=2.0), 17, 17)
     out = render(VoxelGrid(VoxelGridOptions(resolution=4)), origins, directions, RendererOptions())
@@ -104,6 +123,8 @@ def test_renderer_options_name_the_bad_key():
         from_dict(RendererOptions, {"background": [1.0, 1.0]}, "generator.renderer")
     with pytest.raises(ConfigError, match=r"generator\.renderer\.density_activation: must be one of"):
         from_dict(RendererOptions, {"density_activation": "relu"}, "generator.renderer")
+    with pytest.raises(ConfigError, match=r"generator\.field\.density_scale: must be"):
+        from_dict(VoxelGridOptions, {"density_scale": 0.0}, "generator.field")
 
 
 def test_surface_points_are_none_where_rays_miss():
