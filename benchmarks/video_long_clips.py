@@ -1,7 +1,8 @@
 """Score video runs on long streamed clips, every run on one draw of noise and labels (the same seed), so rows
-compare side by side: shift residual per 12-frame range, velocity in set, FVD-toy, class recall, `class kept`
-and the label's recall in the last 12 frames. A row is LABEL=RUN_DIR, optionally with sampling-time settings
-after a colon, comma-separated (generator.cache.sink_frames=2).
+compare side by side: shift residual per 12-frame range, velocity in set, FVD-toy, class recall, `class kept`,
+the label's recall in the last 12 frames and which way a changed class went (`class lost`, `class corrected`).
+A row is LABEL=RUN_DIR, optionally with sampling-time settings after a colon, comma-separated
+(generator.cache.sink_frames=2).
 
     python benchmarks/video_long_clips.py "guidance 2=runs/sf" "guidance 2, sinks=runs/sf:generator.cache.sink_frames=2"
         [--frames 48] [--n 500] [--batch 50] [--name video_long_clips]
@@ -22,7 +23,8 @@ from potstill.runs import open_run
 RESULTS = Path(__file__).resolve().parent / "results"
 COLUMNS = [("velocity_in_set", "velocity in set", 3),
            ("fvd_toy", "FVD-toy", 1), ("class_recall_mean", "class recall", 3), ("class_kept", "class kept", 3),
-           ("class_recall_last", "class recall, last 12", 3)]
+           ("class_recall_last", "class recall, last 12", 3), ("class_lost", "class lost", 3),
+           ("class_corrected", "class corrected", 3)]
 
 
 def parse_row(text: str) -> tuple[str, str, list[str]]:

@@ -22,7 +22,14 @@ from potstill.data.moving_digits import MovingDigitsOptions, moving_digit_clips
 from potstill.modalities.frechet import frechet_distance, gaussian_stats
 from potstill.modalities.image import is_labels
 from potstill.modalities.mp4 import write_mp4
-from potstill.modalities.video_scores import RANGE_FRAMES, class_kept, class_recalls, law_scores, unit_frames
+from potstill.modalities.video_scores import (
+    RANGE_FRAMES,
+    class_changes,
+    class_kept,
+    class_recalls,
+    law_scores,
+    unit_frames,
+)
 
 MIN_SIDE = 64               # the mp4 upscales clips (nearest, by an integer factor) to at least this many pixels
 PAD_VALUE = 0.5             # grey lines between frames and clips (the background is black)
@@ -141,8 +148,8 @@ class VideoModality(Modality):
 
     def evaluate(self, samples, cond) -> dict[str, float]:
         """Law scores when the teacher's data were moving digits; `fvd_toy` (which needs that law for its real
-        clips) and class recall when a classifier is set; for clips longer than one range, `class_kept` and
-        `class_recall_last` (the label's recall in the last range alone)."""
+        clips) and class recall when a classifier is set; for clips longer than one range, `class_kept`, and with
+        labels `class_recall_last` (the label's recall in the last range alone), `class_lost` and `class_corrected`."""
         metrics = law_scores(samples, self.law.velocities) if self.law is not None else {}
         if self.classifier is None:
             return metrics
@@ -152,10 +159,12 @@ class VideoModality(Modality):
         if is_labels(cond):
             metrics |= class_recalls(logits, cond, self.num_classes)
         if samples.shape[2] > RANGE_FRAMES:
+            first = self.classify(samples[:, :, :RANGE_FRAMES])[0]
             last = self.classify(samples[:, :, -RANGE_FRAMES:])[0]
-            metrics |= class_kept(self.classify(samples[:, :, :RANGE_FRAMES])[0], last)
+            metrics |= class_kept(first, last)
             if is_labels(cond):
                 metrics["class_recall_last"] = class_recalls(last, cond, self.num_classes)["class_recall_mean"]
+                metrics |= class_changes(first, last, cond)
         return metrics
 
     def headline_metric(self) -> str:

@@ -72,3 +72,12 @@ def class_kept(first_logits: torch.Tensor, last_logits: torch.Tensor) -> dict[st
     """`class_kept`: the share of clips whose first and last RANGE_FRAMES frames the classifier gives one class
     (the digit stays the same digit however long the clip streams; needs no labels)."""
     return {"class_kept": float((first_logits.argmax(1) == last_logits.argmax(1)).float().mean())}
+
+
+def class_changes(first_logits: torch.Tensor, last_logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Which way a changed class went: `class_lost`, the share of clips that begin as their label and end as
+    another class; `class_corrected`, the share that begin as another class and end as their label (a student
+    still following its label per chunk mends a digit begun wrong, which `class_kept` counts as a change)."""
+    first, last = first_logits.argmax(1), last_logits.argmax(1)
+    return {"class_lost": float(((first == labels) & (last != labels)).float().mean()),
+            "class_corrected": float(((first != labels) & (last == labels)).float().mean())}

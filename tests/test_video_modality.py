@@ -153,3 +153,17 @@ def test_long_clips_score_whether_the_digit_stays_the_same(modality):
     chance = (labels == other_labels).float().mean() + 0.1
     assert spliced["class_kept"] < chance and spliced["class_recall_last"] < chance
     assert "class_kept" not in modality.evaluate(*real_clips(20))
+
+
+def test_a_changed_class_is_told_lost_or_corrected(modality):
+    """A clip that begins as its label and ends as another digit lost its class; one that begins as another
+    digit and ends as its label was corrected; real clips do neither."""
+    clips, labels = real_clips(300, frames=48, seed=3)
+    others, other_labels = real_clips(300, frames=48, seed=4)
+    differ = float((labels != other_labels).float().mean())
+    real = modality.evaluate(clips, labels)
+    assert real["class_lost"] < 0.05 and real["class_corrected"] < 0.05
+    lost = modality.evaluate(torch.cat([clips[:, :, :36], others[:, :, 36:]], dim=2), labels)
+    assert lost["class_lost"] > differ - 0.1 and lost["class_corrected"] < 0.05
+    corrected = modality.evaluate(torch.cat([others[:, :, :36], clips[:, :, 36:]], dim=2), labels)
+    assert corrected["class_corrected"] > differ - 0.1 and corrected["class_lost"] < 0.05
