@@ -63,12 +63,12 @@ def main() -> None:
     for label, run, overrides in map(parse_row, args.rows):
         distiller = open_run(run, overrides=[f"modality.frames={args.frames}", *overrides])
         first = first or open_run(run, overrides=overrides)
+        window = first.modality.sample_shape[1]
         distiller.ema.model.eval()
         clips = draw_samples(distiller.modality, distiller.ema.model.sample, args.n, args.batch)[0]
         rows.append({"label": label, "run": run, "overrides": overrides,
-                     "kept": window_class_kept(distiller.modality, clips, first.modality.sample_shape[1])})
-        print(format_table(rows[-1:], first.modality.sample_shape[1]).splitlines()[-1], flush=True)
-    window = first.modality.sample_shape[1]
+                     "kept": window_class_kept(distiller.modality, clips, window)})
+        print(format_table(rows[-1:], window).splitlines()[-1], flush=True)
     for guidance in args.teacher_guidance:
         clips = draw_samples(first.modality, lambda z, c, g=guidance: teacher_sample(first.teacher, z, c,
                                                                                     args.teacher_nfe, guidance=g),
