@@ -22,6 +22,7 @@ from potstill.core.evaluation import EVAL_SEED, draw_samples
 from potstill.core.samplers import sample as teacher_sample
 from potstill.data.moving_digits import moving_digit_clips
 from potstill.modalities.video import VideoModality
+from potstill.modalities.video_scores import class_kept
 from potstill.runs import open_run
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -33,9 +34,9 @@ def window_class_kept(modality: VideoModality, clips: torch.Tensor, window: int)
     half = window // 2
     kept = []
     for start in range(0, clips.shape[2] - window + 1, window):
-        first = modality.classify(clips[:, :, start:start + half])[0].argmax(1)
-        second = modality.classify(clips[:, :, start + half:start + window])[0].argmax(1)
-        kept.append(float((first == second).float().mean()))
+        first = modality.classify(clips[:, :, start:start + half])[0]
+        second = modality.classify(clips[:, :, start + half:start + window])[0]
+        kept.append(class_kept(first, second)["class_kept"])
     return kept
 
 
