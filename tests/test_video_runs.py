@@ -3,11 +3,14 @@ initialisation, Self-Forcing and CausVid from it, APT's initialisation and APT; 
 past the training length with --frames, --class and --stream; the errors name their key."""
 
 
+import json
+
 import pytest
 import torch
 
 from potstill.cli import main
 from potstill.core.evaluation import draw_samples, evaluate_generator
+from potstill.data.moving_digits import moving_digit_clips
 from potstill.modalities.video_scores import law_residuals
 from potstill.runs import open_run
 from tests_support import ROOT, load_benchmark
@@ -144,3 +147,27 @@ def test_the_teacher_benchmark_scores_every_teacher_and_guidance_on_one_draw(tin
         *a, guidance=guidance))
     bench.score(str(tiny_teacher), 2, [1.0, 3.0], 4, 2)
     assert scales == [1.0, 3.0]
+
+
+def test_the_class_window_benchmark_scores_each_window_of_the_teacher_length(ode_run, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))        # it reads its rows as video_long_clips does
+    bench = load_benchmark("video_class_windows")
+    modality = open_run(ode_run).modality
+    law = modality.law
+    real, _ = moving_digit_clips(12, law.canvas, 12, law.velocities, torch.Generator().manual_seed(0), law.digits)
+    spliced = real.clone()
+    spliced[:, :, 6:8] = real.roll(1, 0)[:, :, 6:8]             # window 2's second half from the next clip
+    first = modality.classify(real[:, :, 4:6])[0].argmax(1)
+    second = modality.classify(spliced[:, :, 6:8])[0].argmax(1)
+    kept = bench.window_class_kept(modality, spliced, 4)
+    assert kept[0] == bench.window_class_kept(modality, real, 4)[0] and kept[2] == bench.window_class_kept(
+        modality, real, 4)[2]
+    assert kept[1] == pytest.approx(float((first == second).float().mean())) and len(kept) == 3
+    monkeypatch.setattr(bench, "RESULTS", tmp_path)
+    monkeypatch.setattr("sys.argv", ["video_class_windows.py", f"ode={ode_run}", "--frames", "8", "--n", "4",
+                                     "--batch", "2", "--teacher-nfe", "2", "--teacher-guidance", "2", "--name", "w"])
+    bench.main()
+    rows = json.loads((tmp_path / "w.json").read_text())["rows"]
+    assert [r["label"] for r in rows] == ["ode", "teacher, NFE 2, guidance 2", "real clips of the teacher's law"]
+    assert [len(r["kept"]) for r in rows] == [2, 1, 2]
+    assert (tmp_path / "w.md").read_text().splitlines()[-1].startswith("| real clips of the teacher's law | ")
